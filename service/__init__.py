@@ -1,0 +1,1 @@
+"""CuratorNet recommendation service: FastAPI + ONNX Runtime + FAISS, no TensorFlow."""
