@@ -40,7 +40,8 @@ def _synth(args: argparse.Namespace) -> int:
     save_market(market, args.out)
     elapsed = time.perf_counter() - started
     print(
-        f"wrote a synthetic market (seed {args.seed}, scale {args.scale}) to {args.out} in {elapsed:.1f} s"
+        f"wrote a synthetic market (seed {args.seed}, scale {args.scale}) to {args.out} "
+        f"in {elapsed:.1f} s"
     )
     print(format_table(describe(market.dataset)))
     return 0
