@@ -146,7 +146,9 @@ def read_inventory(path: Path) -> Inventory:
         item_id = _field(path, line, row, "artwork_id_hash")
         if item_id in first_seen:
             raise DataError(
-                path, f"duplicate artwork_id_hash {item_id!r} (first on line {first_seen[item_id]})", line
+                path,
+                f"duplicate artwork_id_hash {item_id!r} (first on line {first_seen[item_id]})",
+                line,
             )
         first_seen[item_id] = line
         item_ids.append(item_id)
@@ -173,7 +175,9 @@ def _edition_size(path: Path, line: int, text: str) -> int:
 def _basket_items(path: Path, line: int, text: str) -> list[str]:
     """Parse a basket list literal with a literal-only parser (no eval), then check its shape."""
     if len(text) > MAX_BASKET_LITERAL_CHARS:
-        raise DataError(path, f"purchased_artwork_ids_hash longer than {MAX_BASKET_LITERAL_CHARS}", line)
+        raise DataError(
+            path, f"purchased_artwork_ids_hash longer than {MAX_BASKET_LITERAL_CHARS}", line
+        )
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -181,7 +185,9 @@ def _basket_items(path: Path, line: int, text: str) -> list[str]:
             path, f"purchased_artwork_ids_hash is not a list literal: {text[:80]!r}", line
         ) from None
     if not isinstance(value, list | tuple) or not all(isinstance(x, str) and x for x in value):
-        raise DataError(path, "purchased_artwork_ids_hash must be a list of non-empty strings", line)
+        raise DataError(
+            path, "purchased_artwork_ids_hash must be a list of non-empty strings", line
+        )
     if not value:
         raise DataError(path, "empty basket", line)
     return [item.strip() for item in value]
@@ -211,7 +217,9 @@ def read_purchases(path: Path) -> PurchaseLog:
     return log_
 
 
-def _check_matrix(path: Path, ids: np.ndarray, matrix: np.ndarray, expected_dim: int | None) -> None:
+def _check_matrix(
+    path: Path, ids: np.ndarray, matrix: np.ndarray, expected_dim: int | None
+) -> None:
     if matrix.ndim != 2:
         raise DataError(path, f"features must be a 2-D matrix, got shape {matrix.shape}")
     if len(ids) != matrix.shape[0]:
@@ -254,7 +262,9 @@ def read_features(
     except DataError:
         raise
     except ValueError as error:
-        raise DataError(path, f"cannot read without unpickling ({error}); store ids as strings") from None
+        raise DataError(
+            path, f"cannot read without unpickling ({error}); store ids as strings"
+        ) from None
     except (OSError, zipfile.BadZipFile, EOFError) as error:
         raise DataError(path, f"not a readable .npz file ({error})") from None
     if ids.dtype.kind not in "UO" or ids.ndim != 1:
@@ -291,8 +301,9 @@ def _read_legacy_npy(
         common = dims.most_common(1)[0][0]
         row = next(i for i, vector in enumerate(vectors) if len(vector) != common)
         raise DataError(
-            path, f"mixed feature dimensions {dict(dims)}: row {row} (id {str(ids[row])!r}) "
-            f"has {len(vectors[row])}"
+            path,
+            f"mixed feature dimensions {dict(dims)}: row {row} (id {str(ids[row])!r}) "
+            f"has {len(vectors[row])}",
         )
     matrix = np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
     _check_matrix(path, ids, matrix, expected_dim)
@@ -327,7 +338,8 @@ def load_dataset(
         if row is None:
             raise DataError(
                 features_file,
-                f"no feature vector for artwork {item_id!r} ({INVENTORY_FILE} line {inventory.lines[i]})",
+                f"no feature vector for artwork {item_id!r} "
+                f"({INVENTORY_FILE} line {inventory.lines[i]})",
             )
         rows[i] = row
     unused = len(feature_ids) - len(rows)
@@ -340,7 +352,9 @@ def load_dataset(
         if index is None:
             raise DataError(purchases_path, f"unknown artwork {item_id!r}", purchases.lines[k])
         purchase_item[k] = index
-    user_ids, purchase_user = np.unique(np.asarray(purchases.user_ids, dtype=str), return_inverse=True)
+    user_ids, purchase_user = np.unique(
+        np.asarray(purchases.user_ids, dtype=str), return_inverse=True
+    )
 
     if inventory.edition_size is not None:
         edition_size = np.asarray(inventory.edition_size, dtype=np.int64)

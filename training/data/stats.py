@@ -73,7 +73,7 @@ SHARES = {"one_of_a_kind_items", "purchases_on_one_of_a_kind"}
 
 def describe(dataset: Dataset) -> DatasetStats:
     baskets = dataset.baskets
-    artists, items_of_artist = dataset.artist_index
+    artists, _ = dataset.artist_index
     per_user = np.bincount(dataset.purchase_user, minlength=dataset.n_users)
     unique = dataset.one_of_a_kind
     times = np.concatenate([dataset.upload_time, dataset.purchase_time])
@@ -118,7 +118,9 @@ def format_table(stats: DatasetStats, reference: dict[str, float | int] = UGALLE
     widths = [max(len(row[col]) for row in rows) for col in range(4)]
     lines = []
     for k, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)]
+        cells = [row[0].ljust(widths[0])] + [
+            cell.rjust(w) for cell, w in zip(row[1:], widths[1:], strict=True)
+        ]
         lines.append("  ".join(cells).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
