@@ -1,4 +1,7 @@
-"""Command line: `synth`, `stats`, `convert` (train, export and evaluate join them later)."""
+"""Command line: `synth`, `stats`, `convert`, `train` (evaluate joins them later).
+
+TensorFlow is imported only by `train`, so the data commands run without the train extra.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 
 from training.data.formats import DataError, load_dataset, save_dataset
 from training.data.stats import describe, format_table
+from training.sampling import PRESETS
 from training.synthetic import MarketConfig, generate, save_market
 
 
@@ -62,6 +66,39 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from training.pipeline import RunConfig, train_and_export
+
+    config = RunConfig.from_preset(
+        args.preset, seed=args.seed, epochs=args.epochs, l2=args.l2, strategy=args.sampling
+    )
+    started = time.perf_counter()
+    run = train_and_export(
+        args.data,
+        args.out,
+        config,
+        features_path=args.features,
+        allow_pickle=args.allow_pickle_features,
+    )
+    print(
+        f"\n{'epoch':>5}  {'loss':>7}  {'train acc':>9}  {'val acc':>7}  {'lr':>8}  {'seconds':>7}"
+    )
+    for e in run.result.history:
+        print(
+            f"{e.epoch:>5}  {e.train_loss:>7.4f}  {e.train_accuracy:>9.4f}  "
+            f"{e.validation_accuracy:>7.4f}  {e.learning_rate:>8.2e}  {e.seconds:>7.1f}"
+        )
+    manifest = run.manifest
+    print(
+        f"\nwrote {args.out}: best epoch {run.result.best_epoch}, validation pairwise accuracy "
+        f"{run.result.best_validation_accuracy:.4f}; {run.triples:,} triples sampled at "
+        f"{run.triples_per_second:,.0f}/s; {run.result.seconds_per_epoch:.1f} s per epoch; "
+        f"ONNX parity error {manifest['export']['parity_max_abs_diff']:.1e}; "
+        f"{time.perf_counter() - started:.0f} s in all"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(convert)
     convert.add_argument("--out", type=Path, required=True)
     convert.set_defaults(run=_convert)
+
+    train = commands.add_parser("train", help="train CuratorNet and export it to a model directory")
+    _add_data_arguments(train)
+    train.add_argument("--out", type=Path, required=True, help="model directory, e.g. models/NAME")
+    train.add_argument(
+        "--preset", choices=sorted(PRESETS), default="quick", help="triples per guideline"
+    )
+    train.add_argument("--epochs", type=int, default=None, help="maximum epochs")
+    train.add_argument("--l2", type=float, default=None, help="L2 on kernels (default 1e-4)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--sampling", choices=["guidelines", "random"], default="guidelines")
+    train.set_defaults(run=_train)
     return parser
 
 

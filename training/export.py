@@ -1,0 +1,197 @@
+"""Export to the training → service contract: `item_tower.onnx`, `user_tower.onnx`,
+`manifest.json` (see DESIGN.md).
+
+The towers are small chains of dense SELU layers, so the ONNX graphs are written directly
+from the trained weights with `onnx.helper` (standard ops only: Sub, Div, MatMul, Add,
+Selu, ReduceSum, ReduceMax). That keeps export independent of converter support for each
+TensorFlow/Keras release; the parity check against Keras runs on every export and its
+maximum error goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from training.model import CuratorNet
+
+FORMAT_VERSION = 1
+OPSET = 18
+ITEM_FILE = "item_tower.onnx"
+USER_FILE = "user_tower.onnx"
+MANIFEST_FILE = "manifest.json"
+PARITY_TOLERANCE = 1e-4
+MASK_FILL = 1e9  # padded slots sit this far below every real one before the max pooling
+
+
+class _Graph:
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def constant(self, name: str, value: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, kind: str, inputs: list[str], output: str, **attributes) -> str:
+        self.nodes.append(helper.make_node(kind, inputs, [output], name=output, **attributes))
+        return output
+
+    def dense_selu(self, x: str, layers: list[tuple[np.ndarray, np.ndarray]], prefix: str) -> str:
+        for k, (kernel, bias) in enumerate(layers):
+            w = self.constant(f"{prefix}{k}_kernel", kernel.astype(np.float32))
+            b = self.constant(f"{prefix}{k}_bias", bias.astype(np.float32))
+            x = self.op("MatMul", [x, w], f"{prefix}{k}_matmul")
+            x = self.op("Add", [x, b], f"{prefix}{k}_add")
+            x = self.op("Selu", [x], f"{prefix}{k}_selu")
+        return x
+
+    def model(self, name: str, inputs, outputs) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET)],
+            producer_name="curatornet-training",
+        )
+        model.ir_version = 8
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+
+def item_tower_onnx(model: CuratorNet) -> onnx.ModelProto:
+    """features [N, F] raw → embedding [N, E]; the z-score standardisation is inside."""
+    g = _Graph()
+    x = g.op("Sub", ["features", g.constant("feature_mean", model.feature_mean)], "centred")
+    x = g.op("Div", [x, g.constant("feature_std", model.feature_std)], "standardized")
+    x = g.dense_selu(x, model.weights()["item"], "item_dense")
+    g.op("Identity", [x], "embedding")
+    return g.model(
+        "item_tower",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", model.feature_dim])],
+        [
+            helper.make_tensor_value_info(
+                "embedding", TensorProto.FLOAT, ["N", model.config.embedding_dim]
+            )
+        ],
+    )
+
+
+def user_tower_onnx(model: CuratorNet) -> onnx.ModelProto:
+    """history [B, L, E] + mask [B, L] → user [B, E]; masked average + max pooling inside."""
+    e = model.config.embedding_dim
+    g = _Graph()
+    axis1 = g.constant("axis_1", np.array([1], np.int64))
+    axis2 = g.constant("axis_2", np.array([2], np.int64))
+    mask = g.op("Unsqueeze", ["mask", axis2], "mask3")
+    masked = g.op("Mul", ["history", mask], "masked")
+    total = g.op("ReduceSum", [masked, axis1], "history_sum", keepdims=0)
+    count = g.op("ReduceSum", [mask, axis1], "count", keepdims=0)
+    count = g.op("Max", [count, g.constant("one", np.array(1.0, np.float32))], "count_floor")
+    average = g.op("Div", [total, count], "average")
+    shift = g.op("Sub", [mask, g.constant("one_b", np.array(1.0, np.float32))], "shift")
+    shift = g.op("Mul", [shift, g.constant("fill", np.array(MASK_FILL, np.float32))], "fill_pad")
+    shifted = g.op("Add", [masked, shift], "shifted")
+    maximum = g.op("ReduceMax", [shifted, axis1], "maximum", keepdims=0)
+    pooled = g.op("Concat", [average, maximum], "pooled", axis=1)
+    x = g.dense_selu(pooled, model.weights()["user"], "user_dense")
+    g.op("Identity", [x], "user")
+    return g.model(
+        "user_tower",
+        [
+            helper.make_tensor_value_info("history", TensorProto.FLOAT, ["B", "L", e]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", "L"]),
+        ],
+        [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["B", e])],
+    )
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def parity_error(model: CuratorNet, directory: Path, seed: int = 0) -> float:
+    """Max |ONNX - Keras| over random inputs of several batch sizes and history lengths."""
+    rng = np.random.default_rng(seed)
+    options = ort.SessionOptions()
+    item = ort.InferenceSession(str(directory / ITEM_FILE), options, ["CPUExecutionProvider"])
+    user = ort.InferenceSession(str(directory / USER_FILE), options, ["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in (1, 17, 64):
+        features = rng.gamma(0.5, 0.5, (batch, model.feature_dim)).astype(np.float32)
+        onnx_out = item.run(["embedding"], {"features": features})[0]
+        worst = max(worst, float(np.abs(onnx_out - model.embed_items(features)).max()))
+        for length in (1, 30, 300):
+            history = rng.normal(0, 1, (batch, length, model.config.embedding_dim)).astype(
+                np.float32
+            )
+            mask = (rng.random((batch, length)) < 0.7).astype(np.float32)
+            mask[:, 0] = 1.0
+            onnx_out = user.run(["user"], {"history": history, "mask": mask})[0]
+            keras_out = model.embed_users(history, mask)
+            worst = max(worst, float(np.abs(onnx_out - keras_out).max()))
+    return worst
+
+
+def export_model(model: CuratorNet, directory: Path | str, details: dict) -> dict:
+    """Write both ONNX files and the manifest; refuse to finish if parity fails."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    onnx.save(item_tower_onnx(model), directory / ITEM_FILE)
+    onnx.save(user_tower_onnx(model), directory / USER_FILE)
+    error = parity_error(model, directory)
+    if error >= PARITY_TOLERANCE:
+        raise RuntimeError(f"ONNX export differs from Keras by {error:.2e} (>= {PARITY_TOLERANCE})")
+    e = model.config.embedding_dim
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "feature_dim": model.feature_dim,
+        "embedding_dim": e,
+        "feature_extractor": None,
+        "score": "dot",
+        "item_tower": {
+            "file": ITEM_FILE,
+            "sha256": sha256_file(directory / ITEM_FILE),
+            "inputs": {"features": ["N", model.feature_dim]},
+            "outputs": {"embedding": ["N", e]},
+        },
+        "user_tower": {
+            "file": USER_FILE,
+            "sha256": sha256_file(directory / USER_FILE),
+            "inputs": {"history": ["B", "L", e], "mask": ["B", "L"]},
+            "outputs": {"user": ["B", e]},
+        },
+        "model": {
+            "item_layers": list(model.config.item_layers),
+            "user_layers": list(model.config.user_layers),
+            "activation": "selu",
+            "pooling": "concat(masked average, masked max)",
+        },
+        "export": {"opset": OPSET, "parity_max_abs_diff": error},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        **details,
+    }
+    (directory / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    import keras
+    import tensorflow as tf
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }

@@ -1,0 +1,118 @@
+"""Data directory → trained, exported model directory: what `python -m training train` runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from training.clusters import ClusterConfig, load_or_compute_clusters
+from training.data.formats import load_dataset
+from training.data.stats import describe
+from training.export import export_model
+from training.model import ModelConfig
+from training.sampling import PRESETS, SamplingConfig, sample_triples, split_validation
+from training.split import split_last_basket
+from training.train import TrainConfig, TrainResult, train_model
+
+log = logging.getLogger(__name__)
+
+EPOCHS = {"tiny": 8, "quick": 10, "default": 12, "paper": 10}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = "quick"
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    clusters: ClusterConfig = field(default_factory=ClusterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str,
+        *,
+        seed: int = 0,
+        epochs: int | None = None,
+        l2: float | None = None,
+        strategy: str = "guidelines",
+    ) -> RunConfig:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        train = TrainConfig(epochs=epochs or EPOCHS[preset], seed=seed)
+        if l2 is not None:
+            train = replace(train, l2=l2)
+        return cls(
+            preset=preset,
+            sampling=SamplingConfig(per_guideline=PRESETS[preset], strategy=strategy, seed=seed),
+            clusters=ClusterConfig(seed=seed),
+            train=train,
+        )
+
+
+@dataclass
+class RunResult:
+    manifest: dict
+    result: TrainResult
+    triples: int
+    triples_per_second: float
+
+
+def train_and_export(
+    data_dir: Path | str,
+    out_dir: Path | str,
+    config: RunConfig,
+    *,
+    features_path: Path | str | None = None,
+    allow_pickle: bool = False,
+    progress: bool | None = None,
+) -> RunResult:
+    data_dir = Path(data_dir)
+    dataset = load_dataset(data_dir, features_path=features_path, allow_pickle=allow_pickle)
+    train, held_out = split_last_basket(dataset)
+    clusters = load_or_compute_clusters(dataset.features, config.clusters, data_dir)
+
+    started = time.perf_counter()
+    triples = sample_triples(train, clusters.labels, clusters.reduced, config.sampling)
+    sampling_seconds = time.perf_counter() - started
+    fit, validation = split_validation(
+        triples, config.sampling.validation_share, config.sampling.seed
+    )
+    result = train_model(
+        dataset.features, fit, validation, config.model, config.train, progress=progress
+    )
+    details = {
+        "training": {
+            "data": {
+                "directory": data_dir.name,
+                "all": describe(dataset).as_dict(),
+                "held_out_purchases": held_out.n_purchases,
+            },
+            "preset": config.preset,
+            "seed": config.train.seed,
+            "sampling": asdict(config.sampling),
+            "triples": {
+                "train": len(fit),
+                "validation": len(validation),
+                "per_guideline": {
+                    str(int(code)): int(count)
+                    for code, count in zip(*np.unique(triples.guideline, return_counts=True))
+                },
+                "triples_per_second": len(triples) / max(sampling_seconds, 1e-9),
+            },
+            "clusters": {**asdict(config.clusters), "silhouette": clusters.silhouette},
+            "hyperparameters": asdict(config.train),
+        },
+        "metrics": result.summary(),
+    }
+    manifest = export_model(result.model, out_dir, details)
+    return RunResult(
+        manifest=manifest,
+        result=result,
+        triples=len(triples),
+        triples_per_second=len(triples) / max(sampling_seconds, 1e-9),
+    )
