@@ -100,7 +100,9 @@ def train_and_export(
                 "validation": len(validation),
                 "per_guideline": {
                     str(int(code)): int(count)
-                    for code, count in zip(*np.unique(triples.guideline, return_counts=True))
+                    for code, count in zip(
+                        *np.unique(triples.guideline, return_counts=True), strict=True
+                    )
                 },
                 "triples_per_second": len(triples) / max(sampling_seconds, 1e-9),
             },

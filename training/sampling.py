@@ -39,7 +39,7 @@ GUIDELINES = (1, 2, 3, 4, 5, 6)
 RANDOM = 0  # guideline code of uniform-negative triples
 
 PRESETS: dict[str, int] = {"tiny": 4_000, "quick": 50_000, "default": 250_000, "paper": 1_700_000}
-"""Triples per guideline. `paper`: 6 × 1.7M ≈ 10M as in the paper."""
+"""Triples per guideline. `paper`: 6 x 1.7M, about 10M as in the paper."""
 
 
 @dataclass(frozen=True)
@@ -447,7 +447,7 @@ def sample_triples(
 def split_validation(triples: Triples, share: float, seed: int) -> tuple[Triples, Triples]:
     """(training, validation) triples: a seeded random ``share`` is held out."""
     order = np.random.default_rng(seed).permutation(len(triples))
-    n_validation = int(round(share * len(triples)))
+    n_validation = round(share * len(triples))
     return triples.subset(np.sort(order[n_validation:])), triples.subset(
         np.sort(order[:n_validation])
     )

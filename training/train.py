@@ -117,7 +117,7 @@ class _Steps:
             loss = tf.reduce_mean(tf.nn.softplus(-difference))
             total = loss + self.model.l2_penalty(self.l2)
         variables = self.model.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables))
+        self.optimizer.apply_gradients(zip(tape.gradient(total, variables), variables, strict=True))
         return loss, tf.reduce_mean(tf.cast(difference > 0, tf.float32))
 
     def _evaluate(self, items, profile, segment, positive, negative):
