@@ -62,6 +62,7 @@ class Triples:
     positive: np.ndarray  # int64 [T]
     negative: np.ndarray  # int64 [T]
     guideline: np.ndarray  # int8 [T], 1..6, or 0 for uniform negatives
+    user: np.ndarray  # int64 [T], whose purchases the triple comes from (negatives avoid them)
     profile_offsets: np.ndarray  # int64 [Q + 1]
     profile_items: np.ndarray  # int64, concatenated profiles
 
@@ -74,6 +75,7 @@ class Triples:
             positive=self.positive[rows],
             negative=self.negative[rows],
             guideline=self.guideline[rows],
+            user=self.user[rows],
             profile_offsets=self.profile_offsets,
             profile_items=self.profile_items,
         )
@@ -200,19 +202,21 @@ class _Context:
     ) -> np.ndarray:
         """One negative per row by rejection sampling; -1 where none was found."""
         negative = np.full(len(users), -1, np.int64)
+        # The branch is drawn once per row, so rejections cannot skew the 0.6 / 0.4 mix.
+        from_cluster = rng.random(len(users)) < same_cluster_share
         todo = np.arange(len(users))
         for round_ in range(rounds):
             if len(todo) == 0:
                 break
-            # A cluster the user has bought out cannot give a negative: fall back to uniform.
-            share = same_cluster_share if round_ < rounds // 2 else 0.0
-            from_cluster = rng.random(len(todo)) < share
+            if round_ == rounds // 2:  # a cluster the user has bought out: fall back to uniform
+                from_cluster[todo] = False
             candidates = rng.integers(0, self.n_items, len(todo))
-            if from_cluster.any():
-                candidates[from_cluster] = self.random_member(
+            clustered = from_cluster[todo]
+            if clustered.any():
+                candidates[clustered] = self.random_member(
                     self.cluster_offsets,
                     self.cluster_items,
-                    self.cluster[positives[todo[from_cluster]]],
+                    self.cluster[positives[todo[clustered]]],
                     rng,
                 )
             ok = (candidates != positives[todo]) & ~self.bought(users[todo], candidates)
@@ -221,6 +225,9 @@ class _Context:
             negative[todo[ok]] = candidates[ok]
             todo = todo[~ok]
         return negative
+
+
+_NOTHING = tuple(np.zeros(0, np.int64) for _ in range(4))
 
 
 def _anchor_purchases(
@@ -245,13 +252,13 @@ def _single_item(table, items):
 def _guideline_1(ctx, table, count, rng, config):
     users, positives = _anchor_purchases(ctx, count, rng)
     negatives = ctx.negatives(users, positives, rng, config.same_cluster_negative)
-    return _full_history(ctx, table, users), positives, negatives
+    return users, _full_history(ctx, table, users), positives, negatives
 
 
 def _guideline_2(ctx, table, count, rng, config):
     users, positives = _anchor_purchases(ctx, count, rng)
     negatives = ctx.negatives(users, positives, rng, config.same_cluster_negative)
-    return _single_item(table, positives), positives, negatives
+    return users, _single_item(table, positives), positives, negatives
 
 
 def _favourite_artist_candidates(ctx: _Context) -> tuple[np.ndarray, np.ndarray]:
@@ -277,7 +284,7 @@ def _favourite_artist_candidates(ctx: _Context) -> tuple[np.ndarray, np.ndarray]
 def _guideline_3(ctx, table, count, rng, config):
     cand_users, cand_items = _favourite_artist_candidates(ctx)
     if len(cand_users) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return _NOTHING
     pick = rng.integers(0, len(cand_users), count)
     users, positives = cand_users[pick], cand_items[pick]
 
@@ -287,7 +294,7 @@ def _guideline_3(ctx, table, count, rng, config):
         )
 
     negatives = ctx.negatives(users, positives, rng, 0.0, accept=shares_nothing)
-    return _full_history(ctx, table, users), positives, negatives
+    return users, _full_history(ctx, table, users), positives, negatives
 
 
 def _guideline_4(ctx, table, count, rng, config):
@@ -295,7 +302,7 @@ def _guideline_4(ctx, table, count, rng, config):
     eligible = artist_size[ctx.artist[ctx.pair_item]] >= 2
     users, anchors = _anchor_purchases(ctx, count, rng, eligible)
     if len(users) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return _NOTHING
     positives = anchors.copy()
     same = positives == anchors
     while same.any():  # another work by the same artist
@@ -313,7 +320,7 @@ def _guideline_4(ctx, table, count, rng, config):
     negatives = ctx.negatives(
         users, positives, rng, config.same_cluster_negative, accept=other_artist_farther
     )
-    return _single_item(table, anchors), positives, negatives
+    return users, _single_item(table, anchors), positives, negatives
 
 
 def _guideline_5(ctx, table, count, rng, config):
@@ -324,7 +331,7 @@ def _guideline_5(ctx, table, count, rng, config):
     purchase_basket = baskets.of_purchase
     eligible = np.flatnonzero(later[purchase_basket])
     if len(eligible) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return _NOTHING
     pick = eligible[rng.integers(0, len(eligible), count)]
     users = ctx.train.purchase_user[pick]
     positives = ctx.train.purchase_item[pick]
@@ -340,7 +347,7 @@ def _guideline_5(ctx, table, count, rng, config):
 
     profiles = table.add_many(np.stack([users, basket], axis=1), earlier_baskets)
     negatives = ctx.negatives(users, positives, rng, config.same_cluster_negative)
-    return profiles, positives, negatives
+    return users, profiles, positives, negatives
 
 
 def _guideline_6(ctx, table, count, rng, config):
@@ -354,13 +361,13 @@ def _guideline_6(ctx, table, count, rng, config):
 
     profiles = table.add_many(np.stack([users, positives], axis=1), without)
     negatives = ctx.negatives(users, positives, rng, config.same_cluster_negative)
-    return profiles, positives, negatives
+    return users, profiles, positives, negatives
 
 
 def _uniform(ctx, table, count, rng, config):
     users, positives = _anchor_purchases(ctx, count, rng)
     negatives = ctx.negatives(users, positives, rng, 0.0)
-    return _full_history(ctx, table, users), positives, negatives
+    return users, _full_history(ctx, table, users), positives, negatives
 
 
 SAMPLERS = {
@@ -398,29 +405,29 @@ def sample_triples(
     per_code = config.per_guideline if config.strategy == "guidelines" else config.per_guideline * 6
     parts: list[tuple[np.ndarray, ...]] = []
     for code in codes:
-        profile = positive = negative = np.zeros(0, np.int64)
+        user = profile = positive = negative = np.zeros(0, np.int64)
         for _ in range(5):  # top up after de-duplication, a few times at most
             missing = per_code - len(positive)
             if missing <= 0:
                 break
-            p, i, j = SAMPLERS[code](ctx, table, int(missing * 1.05) + 8, rng, config)
+            u, p, i, j = SAMPLERS[code](ctx, table, int(missing * 1.05) + 8, rng, config)
             valid = j >= 0
+            user = np.concatenate([user, u[valid]])
             profile = np.concatenate([profile, p[valid]])
             positive = np.concatenate([positive, i[valid]])
             negative = np.concatenate([negative, j[valid]])
             keep = _first_occurrences(profile, positive, negative)
-            profile, positive, negative = profile[keep], positive[keep], negative[keep]
-        keep = slice(0, per_code)
-        parts.append(
-            (
+            user, profile, positive, negative = (
+                user[keep],
                 profile[keep],
                 positive[keep],
                 negative[keep],
-                np.full(len(positive[keep]), code, np.int8),
             )
-        )
+        keep = slice(0, per_code)
+        code_column = np.full(len(positive[keep]), code, np.int8)
+        parts.append((user[keep], profile[keep], positive[keep], negative[keep], code_column))
         log.info("guideline %d: %d triples", code, len(positive[keep]))
-    profile, positive, negative, guideline = (
+    user, profile, positive, negative, guideline = (
         np.concatenate(column) for column in zip(*parts, strict=True)
     )
     keep = _first_occurrences(profile, positive, negative)  # exact, across guidelines too
@@ -430,6 +437,7 @@ def sample_triples(
         positive=positive[keep],
         negative=negative[keep],
         guideline=guideline[keep],
+        user=user[keep],
         profile_offsets=offsets,
         profile_items=items,
     )

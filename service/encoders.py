@@ -1,0 +1,139 @@
+"""The service's side of the training → service contract: a model directory opened in
+ONNX Runtime, with every promise of its manifest checked before anything is served."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+SUPPORTED_FORMAT_VERSIONS = {1}
+
+
+class ModelError(RuntimeError):
+    """A model directory that the service cannot trust or use; the message says why."""
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    file: str
+    sha256: str
+    inputs: dict[str, list[Any]]
+    outputs: dict[str, list[Any]]
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    directory: Path
+    manifest: dict[str, Any]
+    item_session: ort.InferenceSession
+    user_session: ort.InferenceSession
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.manifest["feature_dim"])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.manifest["embedding_dim"])
+
+    def embed_items(self, features: np.ndarray) -> np.ndarray:
+        """[N, F] raw features → [N, E] embeddings."""
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        return self.item_session.run(["embedding"], {"features": features})[0]
+
+    def embed_users(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """[B, L, E] history embeddings and [B, L] mask (1 = real item) → [B, E] user vectors."""
+        feeds = {
+            "history": np.ascontiguousarray(history, dtype=np.float32),
+            "mask": np.ascontiguousarray(mask, dtype=np.float32),
+        }
+        return self.user_session.run(["user"], feeds)[0]
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "manifest.json"
+    if not path.is_file():
+        raise ModelError(f"{path}: missing; is {directory} an exported model directory?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelError(f"{path}: not valid JSON ({error})") from None
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ModelError(
+            f"{path}: format_version {version!r} is not supported "
+            f"(this service reads {sorted(SUPPORTED_FORMAT_VERSIONS)})"
+        )
+    for key in ("feature_dim", "embedding_dim", "item_tower", "user_tower"):
+        if key not in manifest:
+            raise ModelError(f"{path}: missing {key!r}")
+    return manifest
+
+
+def _open_tower(directory: Path, manifest: dict[str, Any], key: str) -> ort.InferenceSession:
+    try:
+        spec = TowerSpec(**{k: manifest[key][k] for k in ("file", "sha256", "inputs", "outputs")})
+    except (KeyError, TypeError) as error:
+        raise ModelError(f"{directory / 'manifest.json'}: {key} is incomplete ({error})") from None
+    path = directory / spec.file
+    if not path.is_file():
+        raise ModelError(f"{path}: missing (named by manifest.json {key}.file)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != spec.sha256:
+        raise ModelError(
+            f"{path}: sha256 {digest[:12]}… does not match the manifest's {spec.sha256[:12]}…; "
+            "the file was changed or belongs to another export"
+        )
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own untyped errors
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({error})") from None
+    for declared, actual, role in (
+        (spec.inputs, session.get_inputs(), "input"),
+        (spec.outputs, session.get_outputs(), "output"),
+    ):
+        found = {tensor.name: list(tensor.shape) for tensor in actual}
+        for name, shape in declared.items():
+            if name not in found:
+                raise ModelError(f"{path}: no {role} tensor {name!r} (has {sorted(found)})")
+            if _fixed(found[name]) != _fixed(shape):
+                raise ModelError(
+                    f"{path}: {role} {name!r} has shape {found[name]}, manifest says {shape}"
+                )
+    return session
+
+
+def _fixed(shape: list[Any]) -> list[int | None]:
+    """Only the fixed dimensions are compared; symbolic ones (batch, length) are free."""
+    return [dim if isinstance(dim, int) else None for dim in shape]
+
+
+def load_model(directory: Path | str) -> LoadedModel:
+    """Open a model directory, or raise ModelError saying exactly what does not match."""
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    feature_dim, embedding_dim = manifest["feature_dim"], manifest["embedding_dim"]
+    item = _open_tower(directory, manifest, "item_tower")
+    user = _open_tower(directory, manifest, "user_tower")
+    expected = {
+        ("item_tower", "features"): [None, feature_dim],
+        ("item_tower", "embedding"): [None, embedding_dim],
+        ("user_tower", "history"): [None, None, embedding_dim],
+        ("user_tower", "user"): [None, embedding_dim],
+    }
+    sessions = {"item_tower": item, "user_tower": user}
+    for (tower, name), shape in expected.items():
+        tensors = sessions[tower].get_inputs() + sessions[tower].get_outputs()
+        actual = next((list(t.shape) for t in tensors if t.name == name), None)
+        if actual is None or _fixed(actual) != shape:
+            raise ModelError(
+                f"{directory / manifest[tower]['file']}: {name} has shape {actual}, but the "
+                f"manifest's feature_dim={feature_dim}, embedding_dim={embedding_dim} need {shape}"
+            )
+    return LoadedModel(directory=directory, manifest=manifest, item_session=item, user_session=user)

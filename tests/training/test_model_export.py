@@ -1,0 +1,182 @@
+"""The towers, the training run end to end, and the ONNX export's parity with Keras."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tensorflow as tf
+
+from tests.training.helpers import tiny_run_config
+from training.export import (
+    ITEM_FILE,
+    MANIFEST_FILE,
+    USER_FILE,
+    export_model,
+    sha256_file,
+)
+from training.model import CuratorNet, ModelConfig
+from training.pipeline import train_and_export
+
+EMBEDDING = ModelConfig().embedding_dim
+
+
+def _random_model(seed: int = 0, feature_dim: int = 64) -> CuratorNet:
+    """A model with random (non-zero) biases, so parity covers every weight."""
+    rng = np.random.default_rng(seed)
+    tf.keras.utils.set_random_seed(seed)
+    model = CuratorNet(
+        rng.gamma(1.0, 1.0, feature_dim), rng.gamma(1.0, 1.0, feature_dim), ModelConfig()
+    )
+    for layer in (*model.item_tower.layers, *model.user_tower.layers):
+        layer.bias.assign(rng.normal(0, 0.1, layer.bias.shape).astype(np.float32))
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory):
+    model = _random_model()
+    directory = tmp_path_factory.mktemp("export")
+    manifest = export_model(model, directory, {"training": {"note": "random weights"}})
+    sessions = {
+        name: ort.InferenceSession(str(directory / name), providers=["CPUExecutionProvider"])
+        for name in (ITEM_FILE, USER_FILE)
+    }
+    return model, directory, manifest, sessions
+
+
+@pytest.mark.parametrize("batch", [1, 2, 17, 64])
+def test_item_tower_parity(exported, batch: int) -> None:
+    model, _, _, sessions = exported
+    features = np.random.default_rng(batch).gamma(0.5, 1.0, (batch, model.feature_dim))
+    features = features.astype(np.float32)
+    onnx_out = sessions[ITEM_FILE].run(["embedding"], {"features": features})[0]
+    assert onnx_out.shape == (batch, EMBEDDING)
+    assert np.abs(onnx_out - model.embed_items(features)).max() < 1e-4
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
+@pytest.mark.parametrize("length", [1, 2, 50, 300])
+def test_user_tower_parity(exported, batch: int, length: int) -> None:
+    model, _, _, sessions = exported
+    rng = np.random.default_rng(batch * 1000 + length)
+    history = rng.normal(0, 1, (batch, length, EMBEDDING)).astype(np.float32)
+    mask = (rng.random((batch, length)) < 0.6).astype(np.float32)
+    mask[:, -1] = 1.0
+    onnx_out = sessions[USER_FILE].run(["user"], {"history": history, "mask": mask})[0]
+    assert onnx_out.shape == (batch, EMBEDDING)
+    assert np.abs(onnx_out - model.embed_users(history, mask)).max() < 1e-4
+
+
+def test_padding_never_changes_a_user_vector(exported) -> None:
+    model, _, _, sessions = exported
+    rng = np.random.default_rng(3)
+    history = rng.normal(0, 1, (4, 7, EMBEDDING)).astype(np.float32)
+    mask = np.ones((4, 7), np.float32)
+    padded = np.concatenate([history, rng.normal(0, 50, (4, 20, EMBEDDING))], axis=1)
+    padded_mask = np.concatenate([mask, np.zeros((4, 20))], axis=1)
+    # Padding in the middle of the sequence, with large garbage values, too.
+    order = rng.permutation(27)
+    padded, padded_mask = (
+        padded[:, order].astype(np.float32),
+        padded_mask[:, order].astype(np.float32),
+    )
+    run = sessions[USER_FILE].run
+    plain = run(["user"], {"history": history, "mask": mask})[0]
+    with_padding = run(["user"], {"history": padded, "mask": padded_mask})[0]
+    np.testing.assert_allclose(with_padding, plain, atol=1e-5)
+    np.testing.assert_allclose(model.embed_users(padded, padded_mask), plain, atol=1e-5)
+
+
+def test_training_pooling_equals_the_exported_masked_pooling() -> None:
+    model = _random_model(seed=4)
+    rng = np.random.default_rng(4)
+    lengths = [3, 1, 5]
+    flat = rng.normal(0, 1, (sum(lengths), EMBEDDING)).astype(np.float32)
+    segments = np.repeat(np.arange(3), lengths).astype(np.int32)
+    by_segments = model.user_from_segments(tf.constant(flat), segments, 3, training=False)
+    history = np.zeros((3, 5, EMBEDDING), np.float32)
+    mask = np.zeros((3, 5), np.float32)
+    for row, (start, length) in enumerate(zip(np.cumsum([0, *lengths[:-1]]), lengths, strict=True)):
+        history[row, :length] = flat[start : start + length]
+        mask[row, :length] = 1
+    np.testing.assert_allclose(np.asarray(by_segments), model.embed_users(history, mask), atol=1e-5)
+
+
+def test_manifest_describes_the_files(exported) -> None:
+    model, directory, manifest, _ = exported
+    on_disk = json.loads((directory / MANIFEST_FILE).read_text())
+    assert on_disk == manifest
+    assert manifest["format_version"] == 1
+    assert manifest["feature_dim"] == model.feature_dim
+    assert manifest["embedding_dim"] == EMBEDDING
+    assert manifest["feature_extractor"] is None
+    assert manifest["item_tower"]["sha256"] == sha256_file(directory / ITEM_FILE)
+    assert manifest["user_tower"]["sha256"] == sha256_file(directory / USER_FILE)
+    assert manifest["user_tower"]["inputs"] == {
+        "history": ["B", "L", EMBEDDING],
+        "mask": ["B", "L"],
+    }
+    assert 0 <= manifest["export"]["parity_max_abs_diff"] < 1e-4
+    assert manifest["training"] == {"note": "random weights"}
+
+
+def test_tiny_training_run_learns_and_exports(tiny_run) -> None:
+    directory, run = tiny_run
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    assert run.result.best_validation_accuracy >= 0.75
+    assert (
+        manifest["metrics"]["validation_pairwise_accuracy"] == run.result.best_validation_accuracy
+    )
+    first = run.result.history[0]
+    assert run.result.best_validation_accuracy > first.validation_accuracy
+    per_guideline = manifest["training"]["triples"]["per_guideline"]
+    assert set(per_guideline) == {"1", "2", "3", "4", "5", "6"}
+    assert manifest["training"]["seed"] == 0
+    assert manifest["training"]["data"]["all"]["items"] == 665
+    assert manifest["export"]["parity_max_abs_diff"] < 1e-4
+
+
+def test_exported_model_ranks_a_users_held_out_purchases_above_chance(
+    tiny_market_dir: Path, tiny_run
+) -> None:
+    """Through the ONNX files only: the model generalises beyond its training triples."""
+    from training.data.formats import load_dataset
+    from training.split import split_last_basket
+
+    directory, _ = tiny_run
+    dataset = load_dataset(tiny_market_dir)
+    train, test = split_last_basket(dataset)
+    item = ort.InferenceSession(str(directory / ITEM_FILE), providers=["CPUExecutionProvider"])
+    user = ort.InferenceSession(str(directory / USER_FILE), providers=["CPUExecutionProvider"])
+    embeddings = item.run(["embedding"], {"features": dataset.features})[0]
+    percentiles = []
+    for u in np.unique(test.purchase_user):
+        history = embeddings[train.purchase_item[train.purchase_user == u]][None]
+        vector = user.run(
+            ["user"], {"history": history, "mask": np.ones(history.shape[:2], np.float32)}
+        )[0][0]
+        scores = embeddings @ vector
+        for held in test.purchase_item[test.purchase_user == u]:
+            percentiles.append((scores < scores[held]).mean())
+    assert np.mean(percentiles) > 0.6  # AUC-like; random ranking gives 0.5
+
+
+def test_same_seed_same_model(tiny_market_dir: Path, tmp_path: Path) -> None:
+    runs = [
+        train_and_export(
+            tiny_market_dir, tmp_path / name, tiny_run_config(seed=3, epochs=2), progress=False
+        )
+        for name in ("a", "b")
+    ]
+    first, second = (r.result.model.weights() for r in runs)
+    for tower in ("item", "user"):
+        for (kernel_a, bias_a), (kernel_b, bias_b) in zip(first[tower], second[tower], strict=True):
+            np.testing.assert_allclose(kernel_a, kernel_b, atol=1e-5)
+            np.testing.assert_allclose(bias_a, bias_b, atol=1e-5)
+    assert [e.validation_accuracy for e in runs[0].result.history] == pytest.approx(
+        [e.validation_accuracy for e in runs[1].result.history], abs=1e-4
+    )
