@@ -1,6 +1,7 @@
-"""Command line: `synth`, `stats`, `convert`, `train` (evaluate joins them later).
+"""Command line: `synth`, `stats`, `convert`, `train`, `evaluate`.
 
-TensorFlow is imported only by `train`, so the data commands run without the train extra.
+TensorFlow is imported only by `train` and `evaluate`, so the data commands run without
+the train extra.
 """
 
 from __future__ import annotations
@@ -99,6 +100,100 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+METHODS = (
+    "random",
+    "popular",
+    "visrank",
+    "vbpr",
+    "vbpr-random",
+    "curatornet",
+    "curatornet-random",
+    "ceiling",
+)
+
+
+def _ablation_model(args: argparse.Namespace, main_manifest: dict) -> Path:
+    """The uniform-negative CuratorNet: given, already built in OUT, or trained now."""
+    from training.pipeline import RunConfig, train_and_export
+
+    directory = args.ablation_model or args.out / "curatornet-random"
+    if not (directory / "manifest.json").is_file():
+        preset = main_manifest.get("training", {}).get("preset", "quick")
+        seed = main_manifest.get("training", {}).get("seed", 0)
+        print(f"training the uniform-negative ablation ({preset} preset) into {directory}")
+        config = RunConfig.from_preset(preset, seed=seed, strategy="random")
+        train_and_export(
+            args.data,
+            directory,
+            config,
+            features_path=args.features,
+            allow_pickle=args.allow_pickle_features,
+        )
+    return directory
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training import baselines
+    from training.clusters import ClusterConfig, load_or_compute_clusters
+    from training.evaluate import evaluate_methods
+    from training.report import markdown_report, summarise, write_report
+    from training.split import split_last_basket
+    from training.synthetic import TASTES_FILE, load_truth
+
+    keys = list(METHODS) if args.methods == "all" else args.methods.split(",")
+    unknown = sorted(set(keys) - set(METHODS))
+    if unknown:
+        print(f"error: unknown method(s) {unknown}; choose from {list(METHODS)}", file=sys.stderr)
+        return 2
+    has_truth = (args.data / TASTES_FILE).is_file()
+    if "ceiling" in keys and not has_truth:
+        if args.methods != "all":
+            print(f"error: the ceiling needs {args.data / TASTES_FILE}", file=sys.stderr)
+            return 2
+        keys.remove("ceiling")
+    dataset = _load(args)
+    train, held_out = split_last_basket(dataset)
+    main_manifest = json.loads((args.model / "manifest.json").read_text())
+    methods = []
+    clusters = None
+    if {"vbpr", "vbpr-random"} & set(keys):
+        clusters = load_or_compute_clusters(
+            dataset.features, ClusterConfig(seed=args.seed), args.data
+        )
+    for key in keys:
+        if key == "random":
+            methods.append(baselines.RandomMethod(seed=args.seed))
+        elif key == "popular":
+            methods.append(baselines.MostPopular())
+        elif key == "visrank":
+            methods += [baselines.VisRank("max"), baselines.VisRank("avg")]
+        elif key in ("vbpr", "vbpr-random"):
+            strategy = "guidelines" if key == "vbpr" else "random"
+            config = baselines.VBPRConfig(seed=args.seed)
+            methods.append(baselines.VBPR(clusters.labels, clusters.reduced, strategy, config))
+        elif key == "curatornet":
+            methods.append(baselines.CuratorNetOnnx(args.model, "CuratorNet (guidelines)"))
+        elif key == "curatornet-random":
+            directory = _ablation_model(args, main_manifest)
+            methods.append(baselines.CuratorNetOnnx(directory, "CuratorNet (uniform negatives)"))
+        elif key == "ceiling":
+            methods.append(baselines.Ceiling(load_truth(args.data, dataset)))
+    results, cases = evaluate_methods(dataset, train, held_out, methods, seed=args.seed)
+    summary = summarise(results, cases, seed=args.seed)
+    summary["setup"] = {
+        "data": str(args.data),
+        "model": str(args.model),
+        "model_sha256": main_manifest["item_tower"]["sha256"],
+        "seed": args.seed,
+        "methods": keys,
+    }
+    title = f"Offline evaluation: {args.model.name} on {args.data.name}"
+    write_report(summary, args.out, title)
+    print(markdown_report(summary, title))
+    print(f"wrote {args.out}/results.json, table.md, recall_at_k.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +232,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--sampling", choices=["guidelines", "random"], default="guidelines")
     train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="replay held-out baskets: CuratorNet against the baselines"
+    )
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--model", type=Path, required=True, help="exported model directory")
+    evaluate.add_argument("--out", type=Path, required=True, help="report directory")
+    evaluate.add_argument(
+        "--methods", default="all", help=f"'all' or a comma list of {', '.join(METHODS)}"
+    )
+    evaluate.add_argument(
+        "--ablation-model",
+        type=Path,
+        default=None,
+        help="CuratorNet trained with --sampling random (default: trained into OUT if missing)",
+    )
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

@@ -163,7 +163,10 @@ def train_model(
         starts = range(0, len(order), config.batch_size)
         losses, accuracies, sizes = [], [], []
         bar = tqdm(
-            starts, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress
+            starts,
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+            disable=None if progress is None else not progress,
         )
         for start in bar:
             rows = order[start : start + config.batch_size]
