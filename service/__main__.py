@@ -1,18 +1,76 @@
-"""`python -m service`: the README's first Quickstart command."""
+"""`python -m service`: serve the configured model and store with uvicorn.
 
+Options override the CURATORNET_* environment variables (they are written back to the
+environment so that every uvicorn worker process builds the same Settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
 
+import uvicorn
 
-def main() -> int:
-    print(
-        "CuratorNet service: not yet. The HTTP service (FastAPI + ONNX Runtime + FAISS) "
-        "lands with the service issue; today the project ships the data layer and the "
-        "synthetic art market:\n"
-        "  ./dev run python -m training synth --out data/synthetic --seed 0\n"
-        "  ./dev run python -m training stats --data data/synthetic",
-        file=sys.stderr,
+from service.config import Settings
+
+OPTIONS = {
+    "host": "CURATORNET_HOST",
+    "port": "CURATORNET_PORT",
+    "workers": "CURATORNET_WORKERS",
+    "model_dir": "CURATORNET_MODEL_DIR",
+    "store_url": "CURATORNET_STORE_URL",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--host", help="default 127.0.0.1 (CURATORNET_HOST)")
+    parser.add_argument("--port", type=int, help="default 8000 (CURATORNET_PORT)")
+    parser.add_argument("--workers", type=int, help="uvicorn worker processes (default 1)")
+    parser.add_argument("--model-dir", help="exported model directory (default models/default)")
+    parser.add_argument("--store-url", help="sqlite:///data/curatornet.db (default) or redis://…")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="first load the synthetic art market into the store if it holds no items",
+    )
+    args = parser.parse_args(argv)
+    for option, variable in OPTIONS.items():
+        value = getattr(args, option)
+        if value is not None:
+            os.environ[variable] = str(value)
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.demo:
+        _load_demo(settings)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=settings.log_level,
     )
     return 0
+
+
+def _load_demo(settings: Settings) -> None:
+    from service.demo import load_demo_market
+    from service.encoders import load_model
+    from service.index import ItemIndex
+    from service.recommender import Recommender
+    from service.stores import open_store
+
+    model = load_model(settings.model_dir)
+    store = open_store(settings.store_url)
+    try:
+        load_demo_market(Recommender(model, store, ItemIndex(model.embedding_dim), 300))
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":

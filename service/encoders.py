@@ -35,6 +35,11 @@ class LoadedModel:
     user_session: ort.InferenceSession
 
     @property
+    def version(self) -> str:
+        """Short and stable: the item tower's sha256 prefix (both towers come from one export)."""
+        return str(self.manifest["item_tower"]["sha256"])[:12]
+
+    @property
     def feature_dim(self) -> int:
         return int(self.manifest["feature_dim"])
 

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource; they validate and translate, the Recommender acts."""

@@ -1,0 +1,39 @@
+"""Dependencies: the resources the lifespan created, and the API-key check on writes."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from service.config import Settings
+from service.recommender import Recommender
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_recommender(request: Request) -> Recommender:
+    return request.app.state.recommender
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    """Writes need the configured key; with none configured the service is open (local use)."""
+    if settings.api_key is None:
+        return
+    if x_api_key is None:
+        raise HTTPException(
+            401, "this write needs an X-API-Key header", {"WWW-Authenticate": "ApiKey"}
+        )
+    if not secrets.compare_digest(x_api_key.encode(), settings.api_key.get_secret_value().encode()):
+        raise HTTPException(403, "the X-API-Key header does not match the configured key")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+WriteAccess = Depends(require_api_key)

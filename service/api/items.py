@@ -1,0 +1,240 @@
+"""/items: upload artworks (one or a batch), read, delete, and find similar ones."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from service.api.deps import RecommenderDep, SettingsDep, WriteAccess
+from service.api.schemas import Identifier, RecommendedItem
+from service.recommender import ItemDraft
+
+router = APIRouter(tags=["items"])
+
+
+class ItemMetadata(BaseModel):
+    """Free description for the storefront; known fields are checked, others pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    title: str | None = Field(None, max_length=500)
+    price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    image_url: str | None = Field(None, max_length=2048)
+    tags: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: Identifier
+    artist_id: Identifier
+    features: list[float] = Field(
+        description="the model's feature vector (GET /model: feature_dim)"
+    )
+    edition_size: int | None = Field(
+        None, ge=1, description="prints in the edition; leave out for a one-of-a-kind work"
+    )
+    stock: int | None = Field(
+        None, ge=0, description="units for sale now (default: 1, or the edition size)"
+    )
+    metadata: ItemMetadata = Field(default_factory=ItemMetadata)
+
+    @model_validator(mode="after")
+    def stock_fits_the_edition(self) -> ItemIn:
+        most = self.edition_size or 1
+        if self.stock is not None and self.stock > most:
+            kind = f"an edition of {self.edition_size}" if self.edition_size else "one-of-a-kind"
+            raise ValueError(f"stock {self.stock} is more than {kind} allows ({most})")
+        return self
+
+
+class ItemBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemIn] = Field(min_length=1)
+
+
+class UpsertOut(BaseModel):
+    created: list[str]
+    updated: list[str]
+    index_size: int
+
+
+class ItemOut(BaseModel):
+    id: str
+    artist_id: str
+    edition_size: int | None
+    stock: int
+    sold: int
+    for_sale: bool
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    features: list[float] | None = None
+
+
+class DeletedOut(BaseModel):
+    deleted: str
+
+
+class SimilarOut(BaseModel):
+    item_id: str
+    items: list[RecommendedItem]
+
+
+_single = TypeAdapter(ItemIn)
+_batch = TypeAdapter(ItemBatch)
+
+UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/ItemIn"},
+                        {"$ref": "#/components/schemas/ItemBatch"},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+def _parse(body: Any, max_items: int) -> list[ItemIn]:
+    """One artwork, or {"items": [...]}: validated whole, errors located in the request."""
+    try:
+        if isinstance(body, dict) and "items" in body:
+            if isinstance(body["items"], list) and len(body["items"]) > max_items:
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "too_long",
+                            "loc": ("body", "items"),
+                            "msg": f"at most {max_items} per request, got {len(body['items'])}",
+                            "input": None,
+                        }
+                    ]
+                )
+            return _batch.validate_python(body).items
+        return [_single.validate_python(body)]
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
+        ) from None
+
+
+def _drafts(
+    items: list[ItemIn], feature_dim: int, max_metadata: int, batch: bool
+) -> list[ItemDraft]:
+    errors, drafts, seen = [], [], {}
+    for n, item in enumerate(items):
+        where = ("body", "items", n) if batch else ("body",)
+        features = np.asarray(item.features, dtype=np.float64)
+        if features.shape != (feature_dim,):
+            errors.append(
+                ((*where, "features"), f"expected {feature_dim} values, got {len(features)}")
+            )
+        elif not np.isfinite(features).all() or np.abs(features).max() > np.finfo(np.float32).max:
+            bad = int(np.flatnonzero(~np.isfinite(features.astype(np.float32)))[0])
+            errors.append(((*where, "features", bad), "NaN or infinite values are not features"))
+        metadata = item.metadata.model_dump(exclude_none=True)
+        size = len(json.dumps(metadata))
+        if size > max_metadata:
+            errors.append(((*where, "metadata"), f"{size} bytes of JSON, at most {max_metadata}"))
+        if item.id in seen:
+            errors.append(((*where, "id"), f"{item.id!r} repeats entry {seen[item.id]}"))
+        seen[item.id] = n
+        drafts.append(
+            ItemDraft(
+                id=item.id,
+                artist_id=item.artist_id,
+                features=features.astype(np.float32),
+                edition_size=item.edition_size,
+                stock=item.stock if item.stock is not None else (item.edition_size or 1),
+                metadata=metadata,
+            )
+        )
+    if errors:
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": loc, "msg": msg, "input": None} for loc, msg in errors]
+        )
+    return drafts
+
+
+@router.post(
+    "/items",
+    status_code=200,
+    response_model=UpsertOut,
+    dependencies=[WriteAccess],
+    openapi_extra=UPLOAD_SCHEMA,
+    summary="Add or replace artworks (one, or a batch under 'items')",
+)
+async def upload_items(
+    request: Request, recommender: RecommenderDep, settings: SettingsDep
+) -> UpsertOut:
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise HTTPException(400, f"the body is not valid JSON: {error}") from None
+    items = _parse(body, settings.max_batch_items)
+    batch = isinstance(body, dict) and "items" in body
+    drafts = _drafts(items, recommender.model.feature_dim, settings.max_metadata_bytes, batch)
+    result = recommender.add_items(drafts)
+    return UpsertOut(
+        created=result.created, updated=result.updated, index_size=len(recommender.index)
+    )
+
+
+def _timestamp(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@router.get("/items/{item_id}", response_model=ItemOut, response_model_exclude_none=False)
+def get_item(
+    item_id: Annotated[str, Path()],
+    recommender: RecommenderDep,
+    include_features: Annotated[bool, Query(description="also return the raw features")] = False,
+) -> ItemOut:
+    item = recommender.store.get_items([item_id]).get(item_id)
+    if item is None:
+        raise HTTPException(404, f"no item {item_id!r}")
+    return ItemOut(
+        id=item.id,
+        artist_id=item.artist_id,
+        edition_size=item.edition_size,
+        stock=item.stock,
+        sold=item.sold,
+        for_sale=item.for_sale,
+        metadata=item.metadata,
+        created_at=_timestamp(item.created_at),
+        updated_at=_timestamp(item.updated_at),
+        features=[float(v) for v in item.features] if include_features else None,
+    )
+
+
+@router.delete("/items/{item_id}", response_model=DeletedOut, dependencies=[WriteAccess])
+def delete_item(item_id: Annotated[str, Path()], recommender: RecommenderDep) -> DeletedOut:
+    if recommender.delete_item(item_id) is None:
+        raise HTTPException(404, f"no item {item_id!r}")
+    return DeletedOut(deleted=item_id)
+
+
+@router.get("/items/{item_id}/similar", response_model=SimilarOut)
+def similar_items(
+    item_id: Annotated[str, Path()],
+    recommender: RecommenderDep,
+    settings: SettingsDep,
+    k: Annotated[int, Query(ge=1)] = 20,
+) -> SimilarOut:
+    if k > settings.max_k:
+        raise HTTPException(422, f"k must be at most {settings.max_k}")
+    hits = recommender.similar(item_id, k)
+    return SimilarOut(item_id=item_id, items=[RecommendedItem.of(h) for h in hits])

@@ -1,0 +1,43 @@
+"""/purchases: a customer bought some artworks; stock and the index follow at once."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from fastapi import APIRouter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from service.api.deps import RecommenderDep, WriteAccess
+from service.api.schemas import Identifier
+
+router = APIRouter(tags=["purchases"])
+
+
+class PurchaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Identifier
+    item_ids: list[Identifier] = Field(
+        min_length=1, max_length=100, description="repeat an edition's id to buy several prints"
+    )
+    timestamp: AwareDatetime | None = Field(None, description="ISO 8601 with a zone; default now")
+
+
+class PurchaseOut(BaseModel):
+    user_id: str
+    item_ids: list[str]
+    timestamp: datetime
+    sold_out: list[str] = Field(description="items this purchase took off sale")
+
+
+@router.post("/purchases", status_code=201, response_model=PurchaseOut, dependencies=[WriteAccess])
+def record_purchase(purchase: PurchaseIn, recommender: RecommenderDep) -> PurchaseOut:
+    seconds = purchase.timestamp.timestamp() if purchase.timestamp else time.time()
+    sale = recommender.purchase(purchase.user_id, purchase.item_ids, seconds)
+    return PurchaseOut(
+        user_id=sale.user_id,
+        item_ids=sale.item_ids,
+        timestamp=datetime.fromtimestamp(sale.timestamp, UTC),
+        sold_out=sale.sold_out,
+    )

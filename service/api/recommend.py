@@ -1,0 +1,83 @@
+"""/recommend: top-k artworks for sale for a customer, or for a visitor's list of items."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from service.api.deps import RecommenderDep, SettingsDep
+from service.api.schemas import Identifier, RecommendedItem
+from service.recommender import FALLBACK, PERSONALIZED, Filters
+from service.stores.base import UnknownItemsError
+
+router = APIRouter(tags=["recommend"])
+
+
+class RecommendIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Identifier | None = Field(None, description="a customer with recorded purchases")
+    history: list[Identifier] | None = Field(
+        None, max_length=10_000, description="item ids, oldest first, for a visitor without account"
+    )
+    k: int = Field(20, ge=1, description="how many (at most the service's max_k, 500 by default)")
+    exclude_purchased: bool = True
+    include_artists: list[Identifier] | None = Field(None, description="only these artists")
+    exclude_artists: list[Identifier] = Field(default_factory=list)
+    explain: bool = Field(False, description="name the history items behind each result")
+
+    @model_validator(mode="after")
+    def one_source(self) -> RecommendIn:
+        if (self.user_id is None) == (self.history is None):
+            raise ValueError("give exactly one of user_id or history")
+        return self
+
+
+class RecommendOut(BaseModel):
+    strategy: str = Field(description=f"{PERSONALIZED!r}, or {FALLBACK!r} with no history")
+    user_id: str | None
+    model_version: str
+    history_used: int
+    items: list[RecommendedItem]
+
+
+@router.post("/recommend", response_model=RecommendOut)
+def recommend(
+    request: RecommendIn, recommender: RecommenderDep, settings: SettingsDep
+) -> RecommendOut:
+    if request.k > settings.max_k:
+        raise HTTPException(422, f"k must be at most {settings.max_k}, got {request.k}")
+    if request.user_id is not None:
+        history = [p.item_id for p in recommender.store.history(request.user_id)]
+    else:
+        history = list(request.history or [])
+    filters = Filters(
+        exclude_purchased=request.exclude_purchased,
+        include_artists=None if request.include_artists is None else set(request.include_artists),
+        exclude_artists=set(request.exclude_artists),
+    )
+    try:
+        result = recommender.recommend(
+            history, request.k, filters, settings.explain_items if request.explain else 0
+        )
+    except UnknownItemsError as error:
+        if request.user_id is not None:
+            raise  # a stored history naming a vanished item is not the caller's mistake
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "history"),
+                    "msg": f"unknown item id(s): {error.item_ids}",
+                    "input": error.item_ids,
+                }
+            ]
+        ) from None
+    return RecommendOut(
+        strategy=result.strategy,
+        user_id=request.user_id,
+        model_version=recommender.model_version,
+        history_used=result.history_used,
+        items=[RecommendedItem.of(r) for r in result.items],
+    )

@@ -1,0 +1,36 @@
+"""All service configuration, read once from the environment (prefix CURATORNET_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CURATORNET_", protected_namespaces=())
+
+    model_dir: Path = Field(Path("models/default"), description="exported model directory")
+    store_url: str = Field(
+        "sqlite:///data/curatornet.db",
+        description="sqlite:///path.db (embedded) or redis://host:port/db",
+    )
+    api_key: SecretStr | None = Field(None, description="when set, writes need X-API-Key")
+    index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or HNSW search")
+    hnsw_m: int = Field(32, ge=4, le=128)
+    hnsw_ef_search: int = Field(128, ge=8, le=4096)
+    history_length: int = Field(300, ge=1, le=10_000, description="last N purchases per user")
+    max_batch_items: int = Field(1000, ge=1, description="items per POST /items")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body limit")
+    max_metadata_bytes: int = Field(4096, ge=64, description="JSON size of one item's metadata")
+    max_k: int = Field(500, ge=1, description="largest k a request may ask for")
+    sync_interval_s: float = Field(
+        0.2, gt=0, le=5, description="how often other processes' changes are applied"
+    )
+    explain_items: int = Field(3, ge=1, le=20, description="history items per explanation")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,198 @@
+"""The FAISS index of artworks for sale: derived from the store, rebuilt from it at start-up.
+
+FAISS ids are slots, not store keys, so that both index kinds handle replacement the same
+way: exact search (IndexFlatIP) removes a replaced slot at once, HNSW (which cannot remove)
+hides it behind a tombstone until tombstones make up a fifth of the graph and it is rebuilt.
+Filters (excluded items, included or excluded artists, tombstones) run inside the FAISS
+search through an ID selector, so k results come back even when most of the catalogue is
+filtered out.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from service.stores.base import Catalogue
+
+REBUILD_TOMBSTONE_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: int
+    item_id: str
+    artist_id: str
+    version: float  # the store's updated_at, so a change seen twice is applied once
+
+
+@dataclass(frozen=True)
+class Hit:
+    key: int
+    item_id: str
+    artist_id: str
+    score: float
+
+
+class ItemIndex:
+    def __init__(
+        self, dim: int, kind: str = "flat", hnsw_m: int = 32, hnsw_ef_search: int = 128
+    ) -> None:
+        if kind not in ("flat", "hnsw"):
+            raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
+        self.dim, self.kind = dim, kind
+        self.hnsw_m, self.hnsw_ef_search = hnsw_m, hnsw_ef_search
+        self._lock = threading.RLock()
+        self._reset()
+
+    def _reset(self) -> None:
+        if self.kind == "flat":
+            inner = faiss.IndexFlatIP(self.dim)
+        else:
+            inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            inner.hnsw.efSearch = self.hnsw_ef_search
+        self._faiss = faiss.IndexIDMap2(inner)
+        self._entries: dict[int, Entry] = {}  # slot -> entry
+        self._slot_of: dict[int, int] = {}  # key -> live slot
+        self._slot_by_item: dict[str, int] = {}
+        self._slots_by_artist: dict[str, set[int]] = {}
+        self._tombstones: set[int] = set()
+        self._vectors: dict[int, np.ndarray] = {}  # slot -> vector, HNSW only (for rebuilds)
+        self._next_slot = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._slot_of)
+
+    def rebuild(self, catalogue: Catalogue, versions: list[float] | None = None) -> None:
+        with self._lock:
+            self._reset()
+            if len(catalogue.keys):
+                self.upsert(
+                    catalogue.keys,
+                    catalogue.item_ids,
+                    catalogue.artist_ids,
+                    catalogue.embeddings,
+                    versions or [0.0] * len(catalogue.keys),
+                )
+
+    def version(self, key: int) -> float | None:
+        with self._lock:
+            slot = self._slot_of.get(int(key))
+            return None if slot is None else self._entries[slot].version
+
+    def entry(self, item_id: str) -> Entry | None:
+        """The indexed (for sale) item with this id, if any."""
+        with self._lock:
+            slot = self._slot_by_item.get(item_id)
+            return None if slot is None else self._entries[slot]
+
+    def upsert(
+        self,
+        keys: np.ndarray | list[int],
+        item_ids: list[str],
+        artist_ids: list[str],
+        embeddings: np.ndarray,
+        versions: list[float],
+    ) -> None:
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, self.dim)
+        with self._lock:
+            self.remove(keys)
+            slots = np.arange(self._next_slot, self._next_slot + len(item_ids), dtype=np.int64)
+            self._next_slot += len(item_ids)
+            self._faiss.add_with_ids(embeddings, slots)
+            for slot, key, item_id, artist, version, vector in zip(
+                slots.tolist(), keys, item_ids, artist_ids, versions, embeddings, strict=True
+            ):
+                self._entries[slot] = Entry(int(key), item_id, artist, version)
+                self._slot_of[int(key)] = slot
+                self._slot_by_item[item_id] = slot
+                self._slots_by_artist.setdefault(artist, set()).add(slot)
+                if self.kind == "hnsw":
+                    self._vectors[slot] = vector
+
+    def remove(self, keys: np.ndarray | list[int]) -> None:
+        with self._lock:
+            slots = [self._slot_of.pop(int(k)) for k in keys if int(k) in self._slot_of]
+            if not slots:
+                return
+            for slot in slots:
+                entry = self._entries.pop(slot)
+                if self._slot_by_item.get(entry.item_id) == slot:
+                    del self._slot_by_item[entry.item_id]
+                artist_slots = self._slots_by_artist[entry.artist_id]
+                artist_slots.discard(slot)
+                if not artist_slots:
+                    del self._slots_by_artist[entry.artist_id]
+            if self.kind == "flat":
+                self._faiss.remove_ids(np.array(slots, dtype=np.int64))
+                return
+            self._tombstones.update(slots)
+            for slot in slots:
+                self._vectors.pop(slot, None)
+            if len(self._tombstones) > REBUILD_TOMBSTONE_SHARE * self._faiss.ntotal:
+                self._compact()
+
+    def _compact(self) -> None:
+        """HNSW only: rebuild the graph from the live slots, dropping the tombstones."""
+        live = sorted(self._entries)
+        entries = [self._entries[s] for s in live]
+        vectors = np.stack([self._vectors[s] for s in live]) if live else np.zeros((0, self.dim))
+        self._reset()
+        if live:
+            self.upsert(
+                [e.key for e in entries],
+                [e.item_id for e in entries],
+                [e.artist_id for e in entries],
+                vectors,
+                [e.version for e in entries],
+            )
+
+    def search(
+        self,
+        vector: np.ndarray,
+        k: int,
+        exclude_items: set[str] | frozenset[str] = frozenset(),
+        include_artists: set[str] | None = None,
+        exclude_artists: set[str] | frozenset[str] = frozenset(),
+    ) -> list[Hit]:
+        """Top k by inner product among the items for sale that pass the filters."""
+        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
+        with self._lock:
+            excluded = {self._slot_by_item[i] for i in exclude_items if i in self._slot_by_item}
+            for artist in exclude_artists:
+                excluded |= self._slots_by_artist.get(artist, set())
+            if include_artists is not None:
+                allowed = set()
+                for artist in include_artists:
+                    allowed |= self._slots_by_artist.get(artist, set())
+                allowed -= excluded
+                if not allowed:
+                    return []
+                selector = faiss.IDSelectorBatch(np.fromiter(allowed, np.int64))
+                available = len(allowed)
+            else:
+                excluded |= self._tombstones
+                selector = (
+                    faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(excluded, np.int64)))
+                    if excluded
+                    else None
+                )
+                available = len(self._slot_of) - len(excluded - self._tombstones)
+            k = min(k, available)
+            if k <= 0:
+                return []
+            params = (
+                faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.hnsw_ef_search, k))
+                if self.kind == "hnsw"
+                else faiss.SearchParameters(sel=selector)
+            )
+            scores, slots = self._faiss.search(query, k, params=params)
+            return [
+                Hit(entry.key, entry.item_id, entry.artist_id, float(score))
+                for score, slot in zip(scores[0], slots[0], strict=True)
+                if slot >= 0 and (entry := self._entries.get(int(slot))) is not None
+            ]

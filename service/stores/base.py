@@ -1,0 +1,164 @@
+"""The store interface: the service's source of truth, behind which SQLite and Redis sit.
+
+The FAISS index is derived from the store and can always be rebuilt from it. Every mutation
+that can change what the index should hold (an upsert, a deletion, a sale that empties the
+stock) appends the item's key to a change log, so that every process serving the same store
+can bring its own index up to date by following that log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class StoreError(Exception):
+    """A request the store refused; nothing was written."""
+
+
+class UnknownItemsError(StoreError):
+    def __init__(self, item_ids: list[str]) -> None:
+        super().__init__(f"unknown item id(s): {item_ids}")
+        self.item_ids = item_ids
+
+
+class NotForSaleError(StoreError):
+    def __init__(self, item_ids: list[str]) -> None:
+        super().__init__(f"not for sale (sold out): {item_ids}")
+        self.item_ids = item_ids
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An artwork as the API hands it to the store, already embedded by the current model."""
+
+    id: str
+    artist_id: str
+    features: np.ndarray  # float32 [F], kept so a future model can re-embed the catalogue
+    embedding: np.ndarray  # float32 [E]
+    edition_size: int | None  # None: one-of-a-kind
+    stock: int  # units left for sale
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A stored artwork. `key` is the int64 the index knows it by; it never changes."""
+
+    key: int
+    id: str
+    artist_id: str
+    features: np.ndarray
+    embedding: np.ndarray
+    edition_size: int | None
+    stock: int
+    sold: int
+    metadata: dict[str, Any]
+    created_at: float
+    updated_at: float
+    deleted: bool
+
+    @property
+    def for_sale(self) -> bool:
+        return self.stock > 0 and not self.deleted
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    created: list[str]
+    updated: list[str]
+    keys: list[int]  # in the order of the request
+
+
+@dataclass(frozen=True)
+class Purchase:
+    item_id: str
+    timestamp: float
+
+
+@dataclass(frozen=True)
+class Sale:
+    """What a recorded purchase changed: the keys of items whose stock reached zero."""
+
+    user_id: str
+    item_ids: list[str]
+    timestamp: float
+    sold_out: list[str]
+    sold_out_keys: list[int]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Everything for sale, in the shape the index is built from."""
+
+    keys: np.ndarray  # int64 [N]
+    item_ids: list[str]
+    artist_ids: list[str]
+    embeddings: np.ndarray  # float32 [N, E]
+
+
+@dataclass(frozen=True)
+class Counts:
+    items: int
+    for_sale: int
+    users: int
+    purchases: int
+
+
+class Store(Protocol):
+    """Thread-safe; every method is atomic with respect to other processes on the same store."""
+
+    def upsert_items(self, items: list[NewItem]) -> UpsertResult:
+        """Insert or replace a batch, all or nothing. A replaced item keeps its key and sales."""
+
+    def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
+        """The stored items among `item_ids` (unknown ids are simply absent)."""
+
+    def items_by_keys(self, keys: list[int]) -> list[Item]:
+        """Items by index key, deleted ones included (the change log follower needs them)."""
+
+    def delete_item(self, item_id: str) -> Item | None:
+        """Take an item off the catalogue; it stays in histories. None when unknown."""
+
+    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+        """Append to the user's history and take stock, all or nothing.
+
+        Raises UnknownItemsError for unknown or deleted ids and NotForSaleError when any
+        item (counting repeats in `item_ids` as units) has too little stock left.
+        """
+
+    def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:
+        """The user's purchases, oldest first; the last `limit` of them when given."""
+
+    def catalogue(self) -> Catalogue:
+        """Every item for sale, to build the index from."""
+
+    def best_sellers(self, limit: int) -> list[str]:
+        """Ids of items for sale, most units sold first (ties: newest first)."""
+
+    def newest(self, limit: int) -> list[str]:
+        """Ids of items for sale, most recently created first."""
+
+    def change_cursor(self) -> str:
+        """The position of the newest change; follow from here to see only later ones."""
+
+    def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
+        """Keys changed after `cursor` (at most `limit` changes) and the cursor to go on from."""
+
+    def counts(self) -> Counts: ...
+
+    def ping(self) -> None:
+        """Raise when the store cannot be reached."""
+
+    def close(self) -> None: ...
+
+
+def as_vector(blob: bytes) -> np.ndarray:
+    """Stored float32 bytes back to a read-only vector (no copy)."""
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+def as_blob(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()

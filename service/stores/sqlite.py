@@ -1,0 +1,287 @@
+"""The embedded default store: one SQLite file in WAL mode, safe for several processes.
+
+Writes take SQLite's write lock up front (BEGIN IMMEDIATE), so a purchase's stock check and
+its decrement cannot interleave with another process's; the change log is a table whose
+autoincrement sequence is the cursor other processes follow.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from service.stores.base import (
+    Catalogue,
+    Counts,
+    Item,
+    NewItem,
+    NotForSaleError,
+    Purchase,
+    Sale,
+    UnknownItemsError,
+    UpsertResult,
+    as_blob,
+    as_vector,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    artist_id TEXT NOT NULL,
+    features BLOB NOT NULL,
+    embedding BLOB NOT NULL,
+    edition_size INTEGER,
+    stock INTEGER NOT NULL,
+    sold INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS items_for_sale ON items (deleted, stock);
+CREATE TABLE IF NOT EXISTS purchases (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    timestamp REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS purchases_by_user ON purchases (user_id, timestamp, seq);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key INTEGER NOT NULL
+);
+"""
+
+ITEM_COLUMNS = (
+    "key, id, artist_id, features, embedding, edition_size, stock, sold, metadata, "
+    "created_at, updated_at, deleted"
+)
+FOR_SALE = "deleted = 0 AND stock > 0"
+
+
+def path_from_url(url: str) -> str:
+    """`sqlite:///relative.db`, `sqlite:////absolute.db` or `sqlite:///:memory:`."""
+    prefix = "sqlite:///"
+    if not url.startswith(prefix):
+        raise ValueError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
+    return url[len(prefix) :]
+
+
+def _row_to_item(row: tuple) -> Item:
+    (
+        key,
+        id_,
+        artist,
+        features,
+        embedding,
+        edition,
+        stock,
+        sold,
+        metadata,
+        created,
+        updated,
+        gone,
+    ) = row
+    return Item(
+        key=key,
+        id=id_,
+        artist_id=artist,
+        features=as_vector(features),
+        embedding=as_vector(embedding),
+        edition_size=edition,
+        stock=stock,
+        sold=sold,
+        metadata=json.loads(metadata),
+        created_at=created,
+        updated_at=updated,
+        deleted=bool(gone),
+    )
+
+
+class SQLiteStore:
+    def __init__(self, url: str) -> None:
+        path = path_from_url(url)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def upsert_items(self, items: list[NewItem]) -> UpsertResult:
+        now = time.time()
+        created, updated, keys = [], [], []
+        with self._write() as db:
+            for item in items:
+                values = (
+                    item.artist_id,
+                    as_blob(item.features),
+                    as_blob(item.embedding),
+                    item.edition_size,
+                    item.stock,
+                    json.dumps(item.metadata),
+                    now,
+                )
+                row = db.execute(
+                    "UPDATE items SET artist_id = ?, features = ?, embedding = ?, "
+                    "edition_size = ?, stock = ?, metadata = ?, updated_at = ?, deleted = 0 "
+                    "WHERE id = ? RETURNING key",
+                    (*values, item.id),
+                ).fetchone()
+                if row is None:
+                    row = db.execute(
+                        "INSERT INTO items (artist_id, features, embedding, edition_size, stock, "
+                        "metadata, updated_at, created_at, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "RETURNING key",
+                        (*values, now, item.id),
+                    ).fetchone()
+                    created.append(item.id)
+                else:
+                    updated.append(item.id)
+                keys.append(row[0])
+            db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in keys])
+        return UpsertResult(created=created, updated=updated, keys=keys)
+
+    def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
+        found: dict[str, Item] = {}
+        unique = list(dict.fromkeys(item_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(f"SELECT {ITEM_COLUMNS} FROM items WHERE id IN ({marks})", chunk)
+            for row in rows:
+                item = _row_to_item(row)
+                if include_deleted or not item.deleted:
+                    found[item.id] = item
+        return found
+
+    def items_by_keys(self, keys: list[int]) -> list[Item]:
+        items = []
+        unique = list(dict.fromkeys(int(k) for k in keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(f"SELECT {ITEM_COLUMNS} FROM items WHERE key IN ({marks})", chunk)
+            items += [_row_to_item(row) for row in rows]
+        return items
+
+    def delete_item(self, item_id: str) -> Item | None:
+        with self._write() as db:
+            row = db.execute(
+                f"UPDATE items SET deleted = 1, updated_at = ? WHERE id = ? AND deleted = 0 "
+                f"RETURNING {ITEM_COLUMNS}",
+                (time.time(), item_id),
+            ).fetchone()
+            if row is not None:
+                db.execute("INSERT INTO changes (key) VALUES (?)", (row[0],))
+        return None if row is None else _row_to_item(row)
+
+    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+        units = Counter(item_ids)
+        with self._write() as db:
+            marks = ",".join("?" * len(units))
+            rows = db.execute(
+                f"SELECT id, key, stock FROM items WHERE deleted = 0 AND id IN ({marks})",
+                list(units),
+            ).fetchall()
+            stock = {id_: (key, left) for id_, key, left in rows}
+            unknown = [i for i in units if i not in stock]
+            if unknown:
+                raise UnknownItemsError(unknown)
+            short = [i for i, n in units.items() if stock[i][1] < n]
+            if short:
+                raise NotForSaleError(short)
+            db.executemany(
+                "UPDATE items SET stock = stock - ?, sold = sold + ? WHERE id = ?",
+                [(n, n, i) for i, n in units.items()],
+            )
+            db.executemany(
+                "INSERT INTO purchases (user_id, item_id, timestamp) VALUES (?, ?, ?)",
+                [(user_id, i, timestamp) for i in item_ids],
+            )
+            sold_out = [i for i, n in units.items() if stock[i][1] == n]
+            sold_out_keys = [stock[i][0] for i in sold_out]
+            db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in sold_out_keys])
+        return Sale(user_id, list(item_ids), timestamp, sold_out, sold_out_keys)
+
+    def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:
+        rows = self._read(
+            "SELECT item_id, timestamp FROM purchases WHERE user_id = ? "
+            "ORDER BY timestamp DESC, seq DESC LIMIT ?",
+            (user_id, -1 if limit is None else limit),
+        )
+        return [Purchase(item_id, timestamp) for item_id, timestamp in reversed(rows)]
+
+    def catalogue(self) -> Catalogue:
+        rows = self._read(f"SELECT key, id, artist_id, embedding FROM items WHERE {FOR_SALE}")
+        if not rows:
+            return Catalogue(np.zeros(0, np.int64), [], [], np.zeros((0, 0), np.float32))
+        keys, ids, artists, blobs = zip(*rows, strict=True)
+        embeddings = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), -1)
+        return Catalogue(np.array(keys, np.int64), list(ids), list(artists), embeddings)
+
+    def best_sellers(self, limit: int) -> list[str]:
+        rows = self._read(
+            f"SELECT id FROM items WHERE {FOR_SALE} AND sold > 0 "
+            "ORDER BY sold DESC, created_at DESC, key DESC LIMIT ?",
+            (limit,),
+        )
+        return [row[0] for row in rows]
+
+    def newest(self, limit: int) -> list[str]:
+        rows = self._read(
+            f"SELECT id FROM items WHERE {FOR_SALE} ORDER BY created_at DESC, key DESC LIMIT ?",
+            (limit,),
+        )
+        return [row[0] for row in rows]
+
+    def change_cursor(self) -> str:
+        return str(self._read("SELECT COALESCE(MAX(seq), 0) FROM changes")[0][0])
+
+    def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
+        rows = self._read(
+            "SELECT seq, key FROM changes WHERE seq > ? ORDER BY seq LIMIT ?", (int(cursor), limit)
+        )
+        if not rows:
+            return cursor, []
+        return str(rows[-1][0]), [key for _, key in rows]
+
+    def counts(self) -> Counts:
+        items, for_sale = self._read(
+            f"SELECT COUNT(*), COALESCE(SUM({FOR_SALE}), 0) FROM items WHERE deleted = 0"
+        )[0]
+        users, purchases = self._read("SELECT COUNT(DISTINCT user_id), COUNT(*) FROM purchases")[0]
+        return Counts(items=items, for_sale=for_sale, users=users, purchases=purchases)
+
+    def ping(self) -> None:
+        self._read("SELECT 1")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,198 @@
+"""One behavioural suite, run against both real stores (SQLite file, real redis-server)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from service.stores import open_store
+from service.stores.base import NewItem, NotForSaleError, Store, UnknownItemsError
+
+F, E = 6, 3
+
+
+def new_item(
+    item_id: str, artist: str = "a1", stock: int = 1, edition: int | None = None, seed: int = 0
+) -> NewItem:
+    rng = np.random.default_rng(seed)
+    return NewItem(
+        id=item_id,
+        artist_id=artist,
+        features=rng.normal(size=F).astype(np.float32),
+        embedding=rng.normal(size=E).astype(np.float32),
+        edition_size=edition,
+        stock=stock,
+        metadata={"title": f"work {item_id}"},
+    )
+
+
+@pytest.fixture
+def store(store_url: str):
+    opened = open_store(store_url)
+    yield opened
+    opened.close()
+
+
+def test_upsert_reports_created_and_updated_and_keeps_the_key(store: Store) -> None:
+    first = store.upsert_items([new_item("x"), new_item("y")])
+    assert first.created == ["x", "y"] and first.updated == []
+    again = store.upsert_items([new_item("y", artist="a2", seed=5), new_item("z")])
+    assert again.created == ["z"] and again.updated == ["y"]
+    assert again.keys[0] == first.keys[1]
+    assert len(set(first.keys + again.keys)) == 3
+    y = store.get_items(["y"])["y"]
+    assert y.artist_id == "a2" and y.metadata == {"title": "work y"}
+    np.testing.assert_array_equal(y.features, new_item("y", seed=5).features)
+    np.testing.assert_array_equal(y.embedding, new_item("y", seed=5).embedding)
+
+
+def test_get_items_ignores_unknown_and_deleted(store: Store) -> None:
+    store.upsert_items([new_item("x"), new_item("y")])
+    assert store.delete_item("y") is not None
+    assert set(store.get_items(["x", "y", "nope"])) == {"x"}
+    assert set(store.get_items(["x", "y"], include_deleted=True)) == {"x", "y"}
+    assert store.delete_item("y") is None
+    assert store.delete_item("nope") is None
+
+
+def test_catalogue_holds_exactly_what_is_for_sale(store: Store) -> None:
+    store.upsert_items([new_item(i, artist=f"a{i}", seed=n) for n, i in enumerate("abcd")])
+    store.delete_item("b")
+    store.record_purchase("u", ["c"], 10.0)
+    catalogue = store.catalogue()
+    assert sorted(catalogue.item_ids) == ["a", "d"]
+    by_id = dict(zip(catalogue.item_ids, catalogue.embeddings, strict=True))
+    np.testing.assert_array_equal(by_id["d"], new_item("d", seed=3).embedding)
+    assert dict(zip(catalogue.item_ids, catalogue.artist_ids, strict=True)) == {
+        "a": "aa",
+        "d": "ad",
+    }
+    assert catalogue.keys.dtype == np.int64
+
+
+def test_purchase_sells_one_of_a_kind_and_runs_down_editions(store: Store) -> None:
+    store.upsert_items([new_item("unique"), new_item("print", stock=2, edition=2)])
+    sale = store.record_purchase("u1", ["unique", "print"], 100.0)
+    assert sale.sold_out == ["unique"]
+    with pytest.raises(NotForSaleError) as error:
+        store.record_purchase("u2", ["unique"], 101.0)
+    assert error.value.item_ids == ["unique"]
+    assert store.record_purchase("u2", ["print"], 102.0).sold_out == ["print"]
+    assert store.get_items(["print"])["print"].stock == 0
+    assert store.get_items(["print"])["print"].sold == 2
+    assert store.catalogue().item_ids == []
+
+
+def test_a_refused_purchase_writes_nothing(store: Store) -> None:
+    store.upsert_items([new_item("a"), new_item("b", stock=1, edition=3)])
+    with pytest.raises(UnknownItemsError) as error:
+        store.record_purchase("u", ["a", "ghost"], 1.0)
+    assert error.value.item_ids == ["ghost"]
+    with pytest.raises(NotForSaleError):
+        store.record_purchase("u", ["a", "b", "b"], 1.0)  # two units, one left
+    assert store.history("u") == []
+    assert store.get_items(["a"])["a"].stock == 1
+    assert store.get_items(["b"])["b"].stock == 1
+    store.delete_item("a")
+    with pytest.raises(UnknownItemsError):
+        store.record_purchase("u", ["a"], 1.0)
+
+
+def test_history_is_in_time_order_and_limited_to_the_latest(store: Store) -> None:
+    store.upsert_items([new_item(i, stock=5, edition=5) for i in "abc"])
+    store.record_purchase("u", ["b"], 20.0)
+    store.record_purchase("u", ["a", "c"], 10.0)
+    store.record_purchase("other", ["a"], 5.0)
+    assert [p.item_id for p in store.history("u")] == ["a", "c", "b"]
+    assert [p.timestamp for p in store.history("u")] == [10.0, 10.0, 20.0]
+    assert [p.item_id for p in store.history("u", limit=2)] == ["c", "b"]
+    assert store.history("nobody") == []
+
+
+def test_best_sellers_and_newest_only_offer_items_for_sale(store: Store) -> None:
+    store.upsert_items([new_item("old", stock=3, edition=3)])
+    store.upsert_items([new_item("mid", stock=3, edition=3)])
+    store.upsert_items([new_item("gone")])
+    store.upsert_items([new_item("new")])
+    store.record_purchase("u", ["mid", "mid", "old", "gone"], 1.0)
+    assert store.best_sellers(10) == ["mid", "old"]
+    assert store.newest(10) == ["new", "mid", "old"]
+    assert store.newest(1) == ["new"]
+
+
+def test_change_log_names_every_key_whose_index_entry_changed(store: Store) -> None:
+    start = store.change_cursor()
+    keys = store.upsert_items([new_item("a"), new_item("b", stock=2, edition=2)]).keys
+    store.record_purchase("u", ["b"], 1.0)  # stock left: not an index change
+    store.record_purchase("u", ["a"], 1.0)  # sold out: an index change
+    store.delete_item("b")
+    cursor, changed = store.changes_since(start)
+    assert changed == [keys[0], keys[1], keys[0], keys[1]]
+    assert store.changes_since(cursor) == (cursor, [])
+    assert cursor == store.change_cursor()
+    first_two = store.changes_since(start, limit=2)
+    assert first_two[1] == keys and store.changes_since(first_two[0])[1] == [keys[0], keys[1]]
+    by_key = {item.key: item for item in store.items_by_keys(keys)}
+    assert by_key[keys[0]].stock == 0 and by_key[keys[1]].deleted
+
+
+def test_reposting_a_deleted_item_brings_it_back(store: Store) -> None:
+    store.upsert_items([new_item("a")])
+    store.delete_item("a")
+    assert store.upsert_items([new_item("a")]).updated == ["a"]
+    assert store.catalogue().item_ids == ["a"]
+
+
+def test_counts(store: Store) -> None:
+    store.upsert_items([new_item(i) for i in "abcd"])
+    store.delete_item("d")
+    store.record_purchase("u1", ["a"], 1.0)
+    store.record_purchase("u2", ["b", "c"], 1.0)
+    counts = store.counts()
+    assert (counts.items, counts.for_sale, counts.users, counts.purchases) == (3, 0, 2, 3)
+
+
+def test_data_survives_reopening(store_url: str) -> None:
+    first = open_store(store_url)
+    first.upsert_items([new_item("a"), new_item("b")])
+    first.record_purchase("u", ["a"], 7.0)
+    first.close()
+    second = open_store(store_url)
+    try:
+        assert second.catalogue().item_ids == ["b"]
+        assert second.history("u")[0].item_id == "a"
+    finally:
+        second.close()
+
+
+def test_concurrent_buyers_of_one_unique_item_sell_it_once(store_url: str) -> None:
+    """Two connections (as two processes would have) race for the same artwork."""
+    setup = open_store(store_url)
+    setup.upsert_items([new_item(f"w{i}") for i in range(20)])
+    stores = [open_store(store_url) for _ in range(4)]
+    wins: list[tuple[int, str]] = []
+
+    def buyer(n: int) -> None:
+        for i in range(20):
+            try:
+                stores[n].record_purchase(f"u{n}", [f"w{i}"], float(i))
+                wins.append((n, f"w{i}"))
+            except NotForSaleError:
+                pass
+
+    threads = [threading.Thread(target=buyer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(item for _, item in wins) == sorted(f"w{i}" for i in range(20))
+    assert setup.counts().purchases == 20
+    for opened in [setup, *stores]:
+        opened.close()
+
+
+def test_unsupported_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        open_store("postgres://x")
