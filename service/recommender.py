@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 PERSONALIZED = "personalized"
 FALLBACK = "fallback_best_sellers_then_newest"
+# Searches rerun at most this often when hits turn out sold by another process.
+STALE_RETRIES = 3
 # With artist filters the fallback reads this many times k candidates before filtering.
 FALLBACK_OVERFETCH = 50
 
@@ -146,7 +148,7 @@ class Recommender:
         if not history_ids:
             return Recommendations(FALLBACK, self._fallback(k, exclude, filters), 0)
         vector, history = self.user_vector(history_ids)
-        hits = self.index.search(
+        hits = self._search_for_sale(
             vector, k, exclude, filters.include_artists, filters.exclude_artists
         )
         items = (
@@ -160,8 +162,30 @@ class Recommender:
         item = self.store.get_items([item_id], include_deleted=True).get(item_id)
         if item is None:
             raise UnknownItemsError([item_id])
-        hits = self.index.search(item.embedding, k, exclude_items={item_id})
+        hits = self._search_for_sale(item.embedding, k, {item_id})
         return [Recommendation(h.item_id, h.artist_id, h.score) for h in hits]
+
+    def _search_for_sale(
+        self,
+        vector: np.ndarray,
+        k: int,
+        exclude: set[str],
+        include_artists: set[str] | None = None,
+        exclude_artists: set[str] | None = None,
+    ) -> list[Hit]:
+        """Search, then confirm with the store that every hit is still for sale.
+
+        Another process may have sold or deleted a work in the last sync interval; such a hit
+        is refreshed from the store (which takes it out of this index) and the search rerun.
+        """
+        for _ in range(STALE_RETRIES):
+            hits = self.index.search(vector, k, exclude, include_artists, exclude_artists or set())
+            live = self.store.for_sale([h.item_id for h in hits])
+            stale = [h.key for h in hits if h.item_id not in live]
+            if not stale:
+                return hits
+            self._apply(stale)
+        return [h for h in hits if h.item_id in live]
 
     def _explained(
         self, hits: list[Hit], history: dict[str, np.ndarray], per_item: int

@@ -116,6 +116,9 @@ class Store(Protocol):
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         """The stored items among `item_ids` (unknown ids are simply absent)."""
 
+    def for_sale(self, item_ids: list[str]) -> set[str]:
+        """Which of these are for sale now: the last word before a recommendation leaves."""
+
     def items_by_keys(self, keys: list[int]) -> list[Item]:
         """Items by index key, deleted ones included (the change log follower needs them)."""
 

@@ -181,6 +181,16 @@ class SQLiteStore:
                     found[item.id] = item
         return found
 
+    def for_sale(self, item_ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        unique = list(dict.fromkeys(item_ids))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._read(f"SELECT id FROM items WHERE {FOR_SALE} AND id IN ({marks})", chunk)
+            found.update(row[0] for row in rows)
+        return found
+
     def items_by_keys(self, keys: list[int]) -> list[Item]:
         items = []
         unique = list(dict.fromkeys(int(k) for k in keys))

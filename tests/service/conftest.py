@@ -28,11 +28,10 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.fail("redis-server is not installed (.ci/run installs it with apt-get)")
     port = free_port()
     directory = tmp_path_factory.mktemp("redis")
+    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    arguments += ["--dir", str(directory), "--databases", "64"]
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", str(directory), "--databases", "64"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [binary, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     client = redis.Redis(port=port)
     deadline = time.monotonic() + 10

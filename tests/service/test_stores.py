@@ -37,13 +37,16 @@ def store(store_url: str):
 
 def test_upsert_reports_created_and_updated_and_keeps_the_key(store: Store) -> None:
     first = store.upsert_items([new_item("x"), new_item("y")])
-    assert first.created == ["x", "y"] and first.updated == []
+    assert first.created == ["x", "y"]
+    assert first.updated == []
     again = store.upsert_items([new_item("y", artist="a2", seed=5), new_item("z")])
-    assert again.created == ["z"] and again.updated == ["y"]
+    assert again.created == ["z"]
+    assert again.updated == ["y"]
     assert again.keys[0] == first.keys[1]
     assert len(set(first.keys + again.keys)) == 3
     y = store.get_items(["y"])["y"]
-    assert y.artist_id == "a2" and y.metadata == {"title": "work y"}
+    assert y.artist_id == "a2"
+    assert y.metadata == {"title": "work y"}
     np.testing.assert_array_equal(y.features, new_item("y", seed=5).features)
     np.testing.assert_array_equal(y.embedding, new_item("y", seed=5).embedding)
 
@@ -133,9 +136,11 @@ def test_change_log_names_every_key_whose_index_entry_changed(store: Store) -> N
     assert store.changes_since(cursor) == (cursor, [])
     assert cursor == store.change_cursor()
     first_two = store.changes_since(start, limit=2)
-    assert first_two[1] == keys and store.changes_since(first_two[0])[1] == [keys[0], keys[1]]
+    assert first_two[1] == keys
+    assert store.changes_since(first_two[0])[1] == [keys[0], keys[1]]
     by_key = {item.key: item for item in store.items_by_keys(keys)}
-    assert by_key[keys[0]].stock == 0 and by_key[keys[1]].deleted
+    assert by_key[keys[0]].stock == 0
+    assert by_key[keys[1]].deleted
 
 
 def test_reposting_a_deleted_item_brings_it_back(store: Store) -> None:
