@@ -129,13 +129,13 @@ class Recommender:
     def user_vector(self, history_ids: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The user tower over the last N history items' stored embeddings."""
         recent = history_ids[-self.history_length :]
-        stored = self.store.get_items(recent, include_deleted=True)
+        stored = self.store.embeddings(recent)
         missing = [i for i in dict.fromkeys(recent) if i not in stored]
         if missing:
             raise UnknownItemsError(missing)
-        history = np.stack([stored[i].embedding for i in recent])[None]
+        history = np.stack([stored[i] for i in recent])[None]
         vector = self.model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
-        return vector, {i: stored[i].embedding for i in recent}
+        return vector, stored
 
     def recommend(
         self,
@@ -159,10 +159,10 @@ class Recommender:
         return Recommendations(PERSONALIZED, items, min(len(history_ids), self.history_length))
 
     def similar(self, item_id: str, k: int) -> list[Recommendation]:
-        item = self.store.get_items([item_id], include_deleted=True).get(item_id)
-        if item is None:
+        embedding = self.store.embeddings([item_id]).get(item_id)
+        if embedding is None:
             raise UnknownItemsError([item_id])
-        hits = self._search_for_sale(item.embedding, k, {item_id})
+        hits = self._search_for_sale(embedding, k, {item_id})
         return [Recommendation(h.item_id, h.artist_id, h.score) for h in hits]
 
     def _search_for_sale(
@@ -193,12 +193,12 @@ class Recommender:
         """For each hit, the history items whose embeddings agree with it most (dot product)."""
         if not hits:
             return []
-        stored = self.store.get_items([h.item_id for h in hits], include_deleted=True)
+        stored = self.store.embeddings([h.item_id for h in hits])
         history_ids = list(history)
         history_matrix = np.stack([history[i] for i in history_ids])
         result = []
         for hit in hits:
-            contributions = history_matrix @ stored[hit.item_id].embedding
+            contributions = history_matrix @ stored[hit.item_id]
             top = np.argsort(-contributions, kind="stable")[:per_item]
             because = [(history_ids[j], float(contributions[j])) for j in top]
             result.append(Recommendation(hit.item_id, hit.artist_id, hit.score, because))

@@ -116,6 +116,9 @@ class Store(Protocol):
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         """The stored items among `item_ids` (unknown ids are simply absent)."""
 
+    def embeddings(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored embeddings, deleted items included (they still describe their buyers)."""
+
     def for_sale(self, item_ids: list[str]) -> set[str]:
         """Which of these are for sale now: the last word before a recommendation leaves."""
 

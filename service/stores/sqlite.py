@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS items (
     updated_at REAL NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS items_for_sale ON items (deleted, stock);
+CREATE INDEX IF NOT EXISTS items_by_sales ON items (sold);
+CREATE INDEX IF NOT EXISTS items_by_age ON items (created_at);
 CREATE TABLE IF NOT EXISTS purchases (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id TEXT NOT NULL,
@@ -169,27 +170,26 @@ class SQLiteStore:
         return UpsertResult(created=created, updated=updated, keys=keys)
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
-        found: dict[str, Item] = {}
+        condition = "1" if include_deleted else "deleted = 0"
+        rows = self._select_ids(ITEM_COLUMNS, item_ids, condition)
+        return {item.id: item for item in map(_row_to_item, rows)}
+
+    def _select_ids(self, columns: str, item_ids: list[str], condition: str = "1") -> list[tuple]:
+        rows: list[tuple] = []
         unique = list(dict.fromkeys(item_ids))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._read(f"SELECT {ITEM_COLUMNS} FROM items WHERE id IN ({marks})", chunk)
-            for row in rows:
-                item = _row_to_item(row)
-                if include_deleted or not item.deleted:
-                    found[item.id] = item
-        return found
+            rows += self._read(
+                f"SELECT {columns} FROM items WHERE id IN ({marks}) AND {condition}", chunk
+            )
+        return rows
+
+    def embeddings(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        return {id_: as_vector(blob) for id_, blob in self._select_ids("id, embedding", item_ids)}
 
     def for_sale(self, item_ids: list[str]) -> set[str]:
-        found: set[str] = set()
-        unique = list(dict.fromkeys(item_ids))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._read(f"SELECT id FROM items WHERE {FOR_SALE} AND id IN ({marks})", chunk)
-            found.update(row[0] for row in rows)
-        return found
+        return {row[0] for row in self._select_ids("id", item_ids, FOR_SALE)}
 
     def items_by_keys(self, keys: list[int]) -> list[Item]:
         items = []

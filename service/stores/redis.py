@@ -1,0 +1,382 @@
+"""The shared store: one Redis database, for several service processes on several hosts.
+
+Every mutation is one Lua script, so Redis runs it without interleaving any other client's
+commands; a script checks everything before its first write, because Redis does not roll a
+script back. The change log is a stream whose entry ids are the cursor other processes follow.
+
+Layout, under PREFIX: `item:{id}` hashes; `keys` (index key -> id) and `key_counter`; `live`
+(ids not deleted); `newest` and `best_sellers`, sorted sets of the items for sale (scored by
+created_at and by units sold); `history:{user}` sorted sets scored by timestamp; `users`;
+`purchase_count`; the `changes` stream.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import redis
+
+from service.stores.base import (
+    Catalogue,
+    Counts,
+    Item,
+    NewItem,
+    NotForSaleError,
+    Purchase,
+    Sale,
+    UnknownItemsError,
+    UpsertResult,
+    as_blob,
+    as_vector,
+)
+
+PREFIX = "curatornet:"
+KEYS = f"{PREFIX}keys"
+LIVE = f"{PREFIX}live"
+NEWEST = f"{PREFIX}newest"
+BEST_SELLERS = f"{PREFIX}best_sellers"
+USERS = f"{PREFIX}users"
+PURCHASE_COUNT = f"{PREFIX}purchase_count"
+CHANGES = f"{PREFIX}changes"
+CHUNK = 1000  # commands per pipeline round trip
+CATALOGUE_CHUNK = 5000  # items per catalogue script: a few milliseconds of Redis's time
+
+# A for-sale set member is RANK_WIDTH characters of rank, then the id: the created_at double's
+# bits in hex and the key in 20 digits. Both are big-endian, so members that tie on score sort
+# by created_at, then by key, exactly as the SQLite store orders them.
+RANK_WIDTH = 36
+# A history member is a 20-digit purchase number, a colon, then the item id: purchases with the
+# same timestamp sort in the order they were recorded.
+SEQ_WIDTH = 21
+
+# Item ids cannot all be declared as KEYS up front (a script finds out which items exist as it
+# runs), so scripts build key names from ARGV[1], the prefix: fine on one Redis, not on Cluster.
+COMMON = """
+local prefix = ARGV[1]
+
+local function item_key(id)
+  return prefix .. 'item:' .. id
+end
+
+local function rank(created_at, key, id)
+  local bits = struct.pack('>d', tonumber(created_at))
+  local hex = bits:gsub('.', function(c) return string.format('%02x', c:byte()) end)
+  return hex .. string.format('%020d', tonumber(key)) .. id
+end
+
+-- Brings the for-sale sets in line with the item's hash, after any change to it.
+local function refresh(id)
+  local f = redis.call('HMGET', item_key(id), 'key', 'stock', 'sold', 'created_at', 'deleted')
+  local member = rank(f[4], f[1], id)
+  if f[5] == '0' and tonumber(f[2]) > 0 then
+    redis.call('ZADD', prefix .. 'newest', f[4], member)
+    if tonumber(f[3]) > 0 then
+      redis.call('ZADD', prefix .. 'best_sellers', f[3], member)
+    else
+      redis.call('ZREM', prefix .. 'best_sellers', member)
+    end
+  else
+    redis.call('ZREM', prefix .. 'newest', member)
+    redis.call('ZREM', prefix .. 'best_sellers', member)
+  end
+end
+
+local function log_change(key)
+  redis.call('XADD', prefix .. 'changes', 'MAXLEN', '~', 1000000, '*', 'key', key)
+end
+"""
+
+# ARGV: prefix, now, then id, artist_id, features, embedding, edition_size, stock, metadata
+# per item. Returns {key, created (0 or 1)} per item.
+UPSERT = (
+    COMMON
+    + """
+local now = ARGV[2]
+local result = {}
+for i = 3, #ARGV, 7 do
+  local id, artist, features, embedding, edition, stock, metadata = unpack(ARGV, i, i + 6)
+  local item = item_key(id)
+  local key = redis.call('HGET', item, 'key')
+  local created = 0
+  if not key then
+    key = redis.call('INCR', prefix .. 'key_counter')
+    redis.call('HSET', item, 'key', key, 'id', id, 'sold', 0, 'created_at', now)
+    redis.call('HSET', prefix .. 'keys', key, id)
+    created = 1
+  end
+  redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
+    'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
+    'deleted', 0)
+  redis.call('SADD', prefix .. 'live', id)
+  refresh(id)
+  log_change(key)
+  table.insert(result, {tonumber(key), created})
+end
+return result
+"""
+)
+
+# ARGV: prefix, id, now. Returns the deleted item's hash, or nil when unknown or gone already.
+DELETE = (
+    COMMON
+    + """
+local id, now = ARGV[2], ARGV[3]
+local item = item_key(id)
+if redis.call('HGET', item, 'deleted') ~= '0' then
+  return false
+end
+redis.call('HSET', item, 'deleted', 1, 'updated_at', now)
+redis.call('SREM', prefix .. 'live', id)
+refresh(id)
+log_change(redis.call('HGET', item, 'key'))
+return redis.call('HGETALL', item)
+"""
+)
+
+# ARGV: prefix, user_id, timestamp, then the item ids (repeats are units). Returns
+# {'unknown', ids} or {'short', ids} having written nothing, or {'ok', sold_out, sold_out_keys}.
+PURCHASE = (
+    COMMON
+    + """
+local user, timestamp = ARGV[2], ARGV[3]
+local order, units = {}, {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if not units[id] then
+    table.insert(order, id)
+    units[id] = 0
+  end
+  units[id] = units[id] + 1
+end
+
+local found, unknown = {}, {}
+for _, id in ipairs(order) do
+  local f = redis.call('HMGET', item_key(id), 'key', 'stock', 'deleted')
+  if f[3] == '0' then
+    found[id] = {key = tonumber(f[1]), stock = tonumber(f[2])}
+  else
+    table.insert(unknown, id)
+  end
+end
+if #unknown > 0 then
+  return {'unknown', unknown}
+end
+local short = {}
+for _, id in ipairs(order) do
+  if found[id].stock < units[id] then
+    table.insert(short, id)
+  end
+end
+if #short > 0 then
+  return {'short', short}
+end
+
+local sold_out, sold_out_keys = {}, {}
+for _, id in ipairs(order) do
+  redis.call('HINCRBY', item_key(id), 'stock', -units[id])
+  redis.call('HINCRBY', item_key(id), 'sold', units[id])
+  refresh(id)
+  if found[id].stock == units[id] then
+    table.insert(sold_out, id)
+    table.insert(sold_out_keys, found[id].key)
+  end
+end
+local count = #ARGV - 3
+if count > 0 then
+  local seq = redis.call('INCRBY', prefix .. 'purchase_count', count) - count
+  for i = 4, #ARGV do
+    seq = seq + 1
+    redis.call('ZADD', prefix .. 'history:' .. user, timestamp,
+      string.format('%020d:', seq) .. ARGV[i])
+  end
+  redis.call('SADD', prefix .. 'users', user)
+end
+for _, key in ipairs(sold_out_keys) do
+  log_change(key)
+end
+return {'ok', sold_out, sold_out_keys}
+"""
+)
+
+# KEYS: item hashes. Returns a '1'/'0' for-sale flag per item, the for-sale ones' embeddings
+# joined, then their artist ids: one reply per chunk instead of one per item, which is what
+# makes reading a large catalogue fast.
+FOR_SALE = """#!lua flags=no-writes
+local flags, blobs, result = {}, {}, {'', ''}
+for i, item in ipairs(KEYS) do
+  local f = redis.call('HMGET', item, 'artist_id', 'embedding', 'stock', 'deleted')
+  if f[4] == '0' and tonumber(f[3]) > 0 then
+    flags[i] = '1'
+    table.insert(blobs, f[2])
+    table.insert(result, f[1])
+  else
+    flags[i] = '0'
+  end
+end
+result[1] = table.concat(flags)
+result[2] = table.concat(blobs)
+return result
+"""
+
+
+def _item_key(item_id: str) -> str:
+    return f"{PREFIX}item:{item_id}"
+
+
+def _chunks(values: list, size: int = CHUNK) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
+    edition = fields[b"edition_size"]
+    return Item(
+        key=int(fields[b"key"]),
+        id=fields[b"id"].decode(),
+        artist_id=fields[b"artist_id"].decode(),
+        features=as_vector(fields[b"features"]),
+        embedding=as_vector(fields[b"embedding"]),
+        edition_size=int(edition) if edition else None,
+        stock=int(fields[b"stock"]),
+        sold=int(fields[b"sold"]),
+        metadata=json.loads(fields[b"metadata"]),
+        created_at=float(fields[b"created_at"]),
+        updated_at=float(fields[b"updated_at"]),
+        deleted=fields[b"deleted"] == b"1",
+    )
+
+
+def _ids_from_members(members: list[bytes]) -> list[str]:
+    return [member[RANK_WIDTH:].decode() for member in members]
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        # Bytes in and out: embeddings are raw float32, so strings are decoded here instead.
+        self._redis = redis.Redis.from_url(url, decode_responses=False)
+        self._upsert = self._redis.register_script(UPSERT)
+        self._delete = self._redis.register_script(DELETE)
+        self._purchase = self._redis.register_script(PURCHASE)
+        self._for_sale = self._redis.register_script(FOR_SALE)
+
+    def upsert_items(self, items: list[NewItem]) -> UpsertResult:
+        # Everything that can fail (encoding) happens here, before the script writes anything.
+        args: list[str | bytes | int | float] = [PREFIX, time.time()]
+        for item in items:
+            args += [
+                item.id,
+                item.artist_id,
+                as_blob(item.features),
+                as_blob(item.embedding),
+                "" if item.edition_size is None else int(item.edition_size),
+                int(item.stock),
+                json.dumps(item.metadata),
+            ]
+        created, updated, keys = [], [], []
+        for item, (key, is_new) in zip(items, self._upsert(args=args), strict=True):
+            (created if is_new else updated).append(item.id)
+            keys.append(key)
+        return UpsertResult(created=created, updated=updated, keys=keys)
+
+    def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
+        found: dict[str, Item] = {}
+        for chunk in _chunks(list(dict.fromkeys(item_ids))):
+            pipe = self._redis.pipeline(transaction=False)
+            for item_id in chunk:
+                pipe.hgetall(_item_key(item_id))
+            for fields in pipe.execute():
+                if fields:
+                    item = _hash_to_item(fields)
+                    if include_deleted or not item.deleted:
+                        found[item.id] = item
+        return found
+
+    def items_by_keys(self, keys: list[int]) -> list[Item]:
+        unique = list(dict.fromkeys(int(k) for k in keys))
+        if not unique:
+            return []
+        ids = [i.decode() for i in self._redis.hmget(KEYS, unique) if i is not None]
+        return list(self.get_items(ids, include_deleted=True).values())
+
+    def delete_item(self, item_id: str) -> Item | None:
+        fields = self._delete(args=[PREFIX, item_id, time.time()])
+        if fields is None:
+            return None
+        return _hash_to_item(dict(zip(fields[::2], fields[1::2], strict=True)))
+
+    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+        # Redis refuses a NaN score, which the script would only learn after taking stock.
+        if math.isnan(timestamp):
+            raise ValueError("a purchase timestamp cannot be NaN")
+        status, *result = self._purchase(args=[PREFIX, user_id, float(timestamp), *item_ids])
+        if status == b"unknown":
+            raise UnknownItemsError([i.decode() for i in result[0]])
+        if status == b"short":
+            raise NotForSaleError([i.decode() for i in result[0]])
+        sold_out = [i.decode() for i in result[0]]
+        return Sale(user_id, list(item_ids), timestamp, sold_out, result[1])
+
+    def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:
+        if limit is not None and limit < 1:
+            return []
+        rows = self._redis.zrange(
+            f"{PREFIX}history:{user_id}", 0 if limit is None else -limit, -1, withscores=True
+        )
+        return [Purchase(member[SEQ_WIDTH:].decode(), timestamp) for member, timestamp in rows]
+
+    def catalogue(self) -> Catalogue:
+        keys: list[int] = []
+        ids: list[str] = []
+        artists: list[str] = []
+        blobs: list[bytes] = []
+        # The set was read before the hashes: the script keeps only what is still for sale.
+        for members in _chunks(self._redis.zrange(NEWEST, 0, -1), CATALOGUE_CHUNK):
+            chunk_ids = _ids_from_members(members)
+            mask, blob, *chunk_artists = self._for_sale(keys=[_item_key(i) for i in chunk_ids])
+            kept = [n for n, flag in enumerate(mask) if flag == ord("1")]
+            keys += [int(members[n][RANK_WIDTH - 20 : RANK_WIDTH]) for n in kept]
+            ids += [chunk_ids[n] for n in kept]
+            artists += [artist.decode() for artist in chunk_artists]
+            blobs.append(blob)
+        if not keys:
+            return Catalogue(np.zeros(0, np.int64), [], [], np.zeros((0, 0), np.float32))
+        embeddings = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keys), -1)
+        return Catalogue(np.array(keys, np.int64), ids, artists, embeddings)
+
+    def best_sellers(self, limit: int) -> list[str]:
+        if limit < 1:
+            return []
+        return _ids_from_members(self._redis.zrevrange(BEST_SELLERS, 0, limit - 1))
+
+    def newest(self, limit: int) -> list[str]:
+        if limit < 1:
+            return []
+        return _ids_from_members(self._redis.zrevrange(NEWEST, 0, limit - 1))
+
+    def change_cursor(self) -> str:
+        last = self._redis.xrevrange(CHANGES, count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
+        if limit < 1:
+            return cursor, []
+        entries = self._redis.xrange(CHANGES, f"({cursor}", "+", count=limit)
+        if not entries:
+            return cursor, []
+        return entries[-1][0].decode(), [int(fields[b"key"]) for _, fields in entries]
+
+    def counts(self) -> Counts:
+        pipe = self._redis.pipeline(transaction=True)  # one consistent snapshot
+        pipe.scard(LIVE).zcard(NEWEST).scard(USERS).get(PURCHASE_COUNT)
+        items, for_sale, users, purchases = pipe.execute()
+        return Counts(items=items, for_sale=for_sale, users=users, purchases=int(purchases or 0))
+
+    def ping(self) -> None:
+        self._redis.ping()
+
+    def close(self) -> None:
+        self._redis.close()
