@@ -173,8 +173,7 @@ class ItemIndex:
                 k = min(k, len(allowed))
                 if k <= 0:
                     return []
-                selector = faiss.IDSelectorBatch(np.fromiter(allowed, np.int64))
-                scores, slots = self._search(query, k, selector)
+                scores, slots = self._search_among(query, k, np.fromiter(allowed, np.int64))
             else:
                 # Few exclusions (a history, some artists): over-fetching by their number and
                 # dropping them afterwards keeps FAISS on its fast BLAS path, which an ID
@@ -192,6 +191,17 @@ class ItemIndex:
                 and (entry := self._entries.get(int(slot))) is not None
             ]
             return hits[:k]
+
+    def _search_among(
+        self, query: np.ndarray, k: int, allowed: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top k within a subset (an artist filter): a selector for the flat index; for
+        HNSW, whose filtered graph walk can miss members of a small subset, brute force."""
+        if self.kind == "flat":
+            return self._search(query, k, faiss.IDSelectorBatch(allowed))
+        scores = np.stack([self._vectors[int(s)] for s in allowed]) @ query[0]
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top][None], allowed[top][None]
 
     def _search(
         self, query: np.ndarray, k: int, selector: faiss.IDSelector | None = None

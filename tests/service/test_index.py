@@ -1,0 +1,99 @@
+"""The FAISS index against brute force, for both kinds, with filters, replacement and removal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.index import REBUILD_TOMBSTONE_SHARE, ItemIndex
+from service.stores.base import Catalogue
+
+DIM = 8
+
+
+def catalogue(n: int, seed: int = 0) -> Catalogue:
+    rng = np.random.default_rng(seed)
+    return Catalogue(
+        keys=np.arange(100, 100 + n, dtype=np.int64),
+        item_ids=[f"i{j}" for j in range(n)],
+        artist_ids=[f"a{j % 7}" for j in range(n)],
+        embeddings=rng.normal(size=(n, DIM)).astype(np.float32),
+    )
+
+
+def brute_force(data: Catalogue, query: np.ndarray, k: int, keep=lambda j: True) -> list[str]:
+    scores = data.embeddings @ query
+    order = [j for j in np.argsort(-scores, kind="stable") if keep(j)]
+    return [data.item_ids[j] for j in order[:k]]
+
+
+@pytest.fixture(params=["flat", "hnsw"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_search_matches_brute_force(kind: str) -> None:
+    data = catalogue(500)
+    index = ItemIndex(DIM, kind)
+    index.rebuild(data)
+    query = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
+    found = [hit.item_id for hit in index.search(query, 10)]
+    expected = brute_force(data, query, 10)
+    if kind == "flat":
+        assert found == expected
+    else:  # approximate, but on 500 points with efSearch 128 it should find nearly all
+        assert len(set(found) & set(expected)) >= 9
+    scores = [hit.score for hit in index.search(query, 10)]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_filters(kind: str) -> None:
+    data = catalogue(300)
+    index = ItemIndex(DIM, kind)
+    index.rebuild(data)
+    query = data.embeddings[0]
+    artists = np.array(data.artist_ids)
+    only = index.search(query, 300, include_artists={"a1", "a2"})
+    assert {hit.artist_id for hit in only} == {"a1", "a2"}
+    assert len(only) == int(np.isin(artists, ["a1", "a2"]).sum())
+    without = index.search(query, 20, exclude_items={"i0", "i5"}, exclude_artists={"a3"})
+    assert len(without) == 20
+    assert not {"i0", "i5"} & {hit.item_id for hit in without}
+    assert "a3" not in {hit.artist_id for hit in without}
+    if kind == "flat":
+        keep = lambda j: data.item_ids[j] not in ("i0", "i5") and artists[j] != "a3"  # noqa: E731
+        assert [hit.item_id for hit in without] == brute_force(data, query, 20, keep)
+    assert index.search(query, 5, include_artists={"nobody"}) == []
+
+
+def test_replace_and_remove(kind: str) -> None:
+    data = catalogue(50)
+    index = ItemIndex(DIM, kind)
+    index.rebuild(data)
+    query = data.embeddings[3]
+    index.upsert([103], ["i3"], ["new-artist"], -query[None], [1.0])  # i3 now points away
+    assert len(index) == 50
+    assert "i3" not in [hit.item_id for hit in index.search(query, 10)]
+    assert index.entry("i3").artist_id == "new-artist"
+    assert index.version(103) == 1.0
+    index.remove([103, 104, 999])
+    assert len(index) == 48
+    assert not {"i3", "i4"} & {hit.item_id for hit in index.search(query, 48)}
+    assert len(index.search(query, 100)) == 48
+    assert index.entry("i3") is None
+
+
+def test_hnsw_compacts_when_tombstones_pile_up() -> None:
+    data = catalogue(100)
+    index = ItemIndex(DIM, "hnsw")
+    index.rebuild(data)
+    doomed = int(100 * REBUILD_TOMBSTONE_SHARE) + 1
+    index.remove(list(data.keys[:doomed]))
+    assert index._faiss.ntotal == 100 - doomed  # rebuilt without the removed vectors
+    found = {hit.item_id for hit in index.search(data.embeddings[0], 100)}
+    assert found == set(data.item_ids[doomed:])
+
+
+def test_unknown_kind_is_refused() -> None:
+    with pytest.raises(ValueError, match="flat"):
+        ItemIndex(DIM, "ivf")
