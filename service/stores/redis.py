@@ -43,11 +43,10 @@ USERS = f"{PREFIX}users"
 PURCHASE_COUNT = f"{PREFIX}purchase_count"
 CHANGES = f"{PREFIX}changes"
 CHUNK = 1000  # commands per pipeline round trip
-CATALOGUE_CHUNK = 5000  # items per catalogue script: a few milliseconds of Redis's time
 
-# A for-sale set member is RANK_WIDTH characters of rank, then the id: the created_at double's
-# bits in hex and the key in 20 digits. Both are big-endian, so members that tie on score sort
-# by created_at, then by key, exactly as the SQLite store orders them.
+# A for-sale set member is a rank, then the id: the created_at double's bits in 16 hex digits
+# and the key in 20 digits. Both are big-endian, so members that tie on score sort by
+# created_at, then by key, exactly as the SQLite store orders them.
 RANK_WIDTH = 36
 # A history member is a 20-digit purchase number, a colon, then the item id: purchases with the
 # same timestamp sort in the order they were recorded.
@@ -202,26 +201,6 @@ return {'ok', sold_out, sold_out_keys}
 """
 )
 
-# KEYS: item hashes. Returns a '1'/'0' for-sale flag per item, the for-sale ones' embeddings
-# joined, then their artist ids: one reply per chunk instead of one per item, which is what
-# makes reading a large catalogue fast.
-FOR_SALE = """#!lua flags=no-writes
-local flags, blobs, result = {}, {}, {'', ''}
-for i, item in ipairs(KEYS) do
-  local f = redis.call('HMGET', item, 'artist_id', 'embedding', 'stock', 'deleted')
-  if f[4] == '0' and tonumber(f[3]) > 0 then
-    flags[i] = '1'
-    table.insert(blobs, f[2])
-    table.insert(result, f[1])
-  else
-    flags[i] = '0'
-  end
-end
-result[1] = table.concat(flags)
-result[2] = table.concat(blobs)
-return result
-"""
-
 
 def _item_key(item_id: str) -> str:
     return f"{PREFIX}item:{item_id}"
@@ -250,6 +229,10 @@ def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
     )
 
 
+def _for_sale(stock: bytes | None, deleted: bytes | None) -> bool:
+    return deleted == b"0" and int(stock or 0) > 0
+
+
 def _ids_from_members(members: list[bytes]) -> list[str]:
     return [member[RANK_WIDTH:].decode() for member in members]
 
@@ -261,7 +244,6 @@ class RedisStore:
         self._upsert = self._redis.register_script(UPSERT)
         self._delete = self._redis.register_script(DELETE)
         self._purchase = self._redis.register_script(PURCHASE)
-        self._for_sale = self._redis.register_script(FOR_SALE)
 
     def upsert_items(self, items: list[NewItem]) -> UpsertResult:
         # Everything that can fail (encoding) happens here, before the script writes anything.
@@ -294,6 +276,22 @@ class RedisStore:
                     if include_deleted or not item.deleted:
                         found[item.id] = item
         return found
+
+    def _fields(self, item_ids: list[str], *fields: str) -> Iterator[tuple[str, list]]:
+        """(id, values) per distinct id, in pipelined chunks; unknown ids read as all None."""
+        for chunk in _chunks(list(dict.fromkeys(item_ids))):
+            pipe = self._redis.pipeline(transaction=False)
+            for item_id in chunk:
+                pipe.hmget(_item_key(item_id), *fields)
+            yield from zip(chunk, pipe.execute(), strict=True)
+
+    def embeddings(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        rows = self._fields(item_ids, "embedding")
+        return {item_id: as_vector(blob) for item_id, (blob,) in rows if blob is not None}
+
+    def for_sale(self, item_ids: list[str]) -> set[str]:
+        rows = self._fields(item_ids, "stock", "deleted")
+        return {item_id for item_id, (stock, gone) in rows if _for_sale(stock, gone)}
 
     def items_by_keys(self, keys: list[int]) -> list[Item]:
         unique = list(dict.fromkeys(int(k) for k in keys))
@@ -333,15 +331,15 @@ class RedisStore:
         ids: list[str] = []
         artists: list[str] = []
         blobs: list[bytes] = []
-        # The set was read before the hashes: the script keeps only what is still for sale.
-        for members in _chunks(self._redis.zrange(NEWEST, 0, -1), CATALOGUE_CHUNK):
-            chunk_ids = _ids_from_members(members)
-            mask, blob, *chunk_artists = self._for_sale(keys=[_item_key(i) for i in chunk_ids])
-            kept = [n for n, flag in enumerate(mask) if flag == ord("1")]
-            keys += [int(members[n][RANK_WIDTH - 20 : RANK_WIDTH]) for n in kept]
-            ids += [chunk_ids[n] for n in kept]
-            artists += [artist.decode() for artist in chunk_artists]
-            blobs.append(blob)
+        listed = _ids_from_members(self._redis.zrange(NEWEST, 0, -1))
+        rows = self._fields(listed, "key", "artist_id", "embedding", "stock", "deleted")
+        for item_id, (key, artist, blob, stock, gone) in rows:
+            # The set was read before these hashes: keep only what is still for sale.
+            if _for_sale(stock, gone):
+                keys.append(int(key))
+                ids.append(item_id)
+                artists.append(artist.decode())
+                blobs.append(blob)
         if not keys:
             return Catalogue(np.zeros(0, np.int64), [], [], np.zeros((0, 0), np.float32))
         embeddings = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keys), -1)
