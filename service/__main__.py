@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
+from service.app import LOG_FORMAT
 from service.config import Settings
 
 OPTIONS = {
@@ -42,12 +45,21 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     if args.demo:
         _load_demo(settings)
-    uvicorn.run(
+    _serve(settings)
+    return 0
+
+
+def _serve(settings: Settings) -> None:
+    """uvicorn.run, except that the listening socket has Nagle's algorithm off.
+
+    With several workers uvicorn binds the socket itself and leaves Nagle on, which adds a
+    delayed-ACK wait (about 40 ms) to every response on a kept-alive connection
+    (Kludex/uvicorn#3149); accepted connections inherit TCP_NODELAY from the listener.
+    """
+    config = uvicorn.Config(
         "service.app:create_app",
         factory=True,
         host=settings.host,
@@ -55,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         workers=settings.workers,
         log_level=settings.log_level,
     )
-    return 0
+    sock = config.bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if settings.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def _load_demo(settings: Settings) -> None:

@@ -25,6 +25,7 @@ from service.stores import open_store
 from service.stores.base import NotForSaleError, UnknownItemsError
 
 log = logging.getLogger("service")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _follow(recommender: Recommender, interval: float, stop: threading.Event) -> None:
@@ -41,6 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # uvicorn's worker processes configure only uvicorn's loggers; without this the
+        # service's own lines (the index rebuild, sync errors) vanish when workers > 1.
+        logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
         model = load_model(settings.model_dir)
         store = open_store(settings.store_url)
         index = ItemIndex(

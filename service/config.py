@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
     history_length: int = Field(300, ge=1, le=10_000, description="last N purchases per user")
     max_batch_items: int = Field(1000, ge=1, description="items per POST /items")
-    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body limit")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
     max_metadata_bytes: int = Field(4096, ge=64, description="JSON size of one item's metadata")
     max_k: int = Field(500, ge=1, description="largest k a request may ask for")
     sync_interval_s: float = Field(

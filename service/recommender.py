@@ -88,7 +88,17 @@ class Recommender:
             for d, e in zip(drafts, embeddings, strict=True)
         ]
         result = self.store.upsert_items(items)
-        self._apply(result.keys)
+        # Index what was just stored without reading it back; when the change log names these
+        # keys again, the version check makes that a no-op.
+        selling = [n for n, d in enumerate(drafts) if d.stock > 0]
+        self.index.remove([k for n, k in enumerate(result.keys) if drafts[n].stock == 0])
+        self.index.upsert(
+            [result.keys[n] for n in selling],
+            [drafts[n].id for n in selling],
+            [drafts[n].artist_id for n in selling],
+            embeddings[selling],
+            [result.updated_at] * len(selling),
+        )
         return result
 
     def delete_item(self, item_id: str) -> Item | None:
@@ -113,7 +123,7 @@ class Recommender:
 
     def _apply(self, keys: list[int]) -> None:
         """Bring the index in line with the store for these keys (idempotent)."""
-        items = self.store.items_by_keys(keys)
+        items = self.store.index_records(keys)
         fresh = [i for i in items if i.for_sale and self.index.version(i.key) != i.updated_at]
         gone = [i.key for i in items if not i.for_sale]
         self.index.remove(gone)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from service.api.deps import RecommenderDep, SettingsDep, WriteAccess
 from service.api.schemas import Identifier, RecommendedItem
-from service.recommender import ItemDraft
+from service.config import Settings
+from service.recommender import ItemDraft, Recommender
 
 router = APIRouter(tags=["items"])
 
@@ -34,8 +38,13 @@ class ItemIn(BaseModel):
 
     id: Identifier
     artist_id: Identifier
-    features: list[float] = Field(
-        description="the model's feature vector (GET /model: feature_dim)"
+    features: list[float] | None = Field(
+        None, description="the model's feature vector (GET /model: feature_dim floats)"
+    )
+    features_b64: str | None = Field(
+        None,
+        description="instead of features: the vector as little-endian float32 bytes in base64, "
+        "a third of the size and several times faster to ingest",
     )
     edition_size: int | None = Field(
         None, ge=1, description="prints in the edition; leave out for a one-of-a-kind work"
@@ -44,6 +53,12 @@ class ItemIn(BaseModel):
         None, ge=0, description="units for sale now (default: 1, or the edition size)"
     )
     metadata: ItemMetadata = Field(default_factory=ItemMetadata)
+
+    @model_validator(mode="after")
+    def one_feature_encoding(self) -> ItemIn:
+        if (self.features is None) == (self.features_b64 is None):
+            raise ValueError("give exactly one of features or features_b64")
+        return self
 
     @model_validator(mode="after")
     def stock_fits_the_edition(self) -> ItemIn:
@@ -131,21 +146,36 @@ def _parse(body: Any, max_items: int) -> list[ItemIn]:
         ) from None
 
 
+def _features(item: ItemIn, feature_dim: int) -> tuple[np.ndarray, str, str | None]:
+    """The float32 vector, the field it came from, and what is wrong with its size if anything."""
+    if item.features_b64 is not None:
+        try:
+            raw = base64.b64decode(item.features_b64, validate=True)
+        except binascii.Error as error:
+            return np.zeros(0, np.float32), "features_b64", f"not base64 ({error})"
+        if len(raw) != 4 * feature_dim:
+            message = f"expected {4 * feature_dim} bytes ({feature_dim} float32), got {len(raw)}"
+            return np.zeros(0, np.float32), "features_b64", message
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32), "features_b64", None
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused later
+        features = np.asarray(item.features, dtype=np.float32)
+    if features.shape != (feature_dim,):
+        return features, "features", f"expected {feature_dim} values, got {len(features)}"
+    return features, "features", None
+
+
 def _drafts(
     items: list[ItemIn], feature_dim: int, max_metadata: int, batch: bool
 ) -> list[ItemDraft]:
     errors, drafts, seen = [], [], {}
     for n, item in enumerate(items):
         where = ("body", "items", n) if batch else ("body",)
-        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused below
-            features = np.asarray(item.features, dtype=np.float32)
-        if features.shape != (feature_dim,):
-            errors.append(
-                ((*where, "features"), f"expected {feature_dim} values, got {len(features)}")
-            )
+        features, field, problem = _features(item, feature_dim)
+        if problem:
+            errors.append(((*where, field), problem))
         elif not np.isfinite(features).all():
             bad = int(np.flatnonzero(~np.isfinite(features))[0])
-            errors.append(((*where, "features", bad), "NaN or infinite values are not features"))
+            errors.append(((*where, field, bad), "NaN or infinite values are not features"))
         metadata = item.metadata.model_dump(exclude_none=True)
         size = len(json.dumps(metadata))
         if size > max_metadata:
@@ -181,8 +211,15 @@ def _drafts(
 async def upload_items(
     request: Request, recommender: RecommenderDep, settings: SettingsDep
 ) -> UpsertOut:
+    raw = await request.body()
+    # Parsing, validating and embedding a full batch takes a fraction of a second of CPU:
+    # done in the thread pool, it does not stall the event loop's other requests.
+    return await run_in_threadpool(_upload, raw, recommender, settings)
+
+
+def _upload(raw: bytes, recommender: Recommender, settings: Settings) -> UpsertOut:
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise HTTPException(400, f"the body is not valid JSON: {error}") from None
     items = _parse(body, settings.max_batch_items)

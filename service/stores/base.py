@@ -66,10 +66,23 @@ class Item:
 
 
 @dataclass(frozen=True)
+class IndexRecord:
+    """What the index needs of an item: enough to add, replace or drop it, nothing more."""
+
+    key: int
+    id: str
+    artist_id: str
+    embedding: np.ndarray
+    for_sale: bool
+    updated_at: float
+
+
+@dataclass(frozen=True)
 class UpsertResult:
     created: list[str]
     updated: list[str]
     keys: list[int]  # in the order of the request
+    updated_at: float  # the version every item of the batch now has
 
 
 @dataclass(frozen=True)
@@ -122,8 +135,8 @@ class Store(Protocol):
     def for_sale(self, item_ids: list[str]) -> set[str]:
         """Which of these are for sale now: the last word before a recommendation leaves."""
 
-    def items_by_keys(self, keys: list[int]) -> list[Item]:
-        """Items by index key, deleted ones included (the change log follower needs them)."""
+    def index_records(self, keys: list[int]) -> list[IndexRecord]:
+        """Items by index key, deleted ones included: what the change-log follower reads."""
 
     def delete_item(self, item_id: str) -> Item | None:
         """Take an item off the catalogue; it stays in histories. None when unknown."""

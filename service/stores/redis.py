@@ -23,6 +23,7 @@ import redis
 from service.stores.base import (
     Catalogue,
     Counts,
+    IndexRecord,
     Item,
     NewItem,
     NotForSaleError,
@@ -247,7 +248,8 @@ class RedisStore:
 
     def upsert_items(self, items: list[NewItem]) -> UpsertResult:
         # Everything that can fail (encoding) happens here, before the script writes anything.
-        args: list[str | bytes | int | float] = [PREFIX, time.time()]
+        now = time.time()
+        args: list[str | bytes | int | float] = [PREFIX, now]
         for item in items:
             args += [
                 item.id,
@@ -262,7 +264,7 @@ class RedisStore:
         for item, (key, is_new) in zip(items, self._upsert(args=args), strict=True):
             (created if is_new else updated).append(item.id)
             keys.append(key)
-        return UpsertResult(created=created, updated=updated, keys=keys)
+        return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         found: dict[str, Item] = {}
@@ -293,12 +295,39 @@ class RedisStore:
         rows = self._fields(item_ids, "stock", "deleted")
         return {item_id for item_id, (stock, gone) in rows if _for_sale(stock, gone)}
 
-    def items_by_keys(self, keys: list[int]) -> list[Item]:
+    def index_records(self, keys: list[int]) -> list[IndexRecord]:
         unique = list(dict.fromkeys(int(k) for k in keys))
         if not unique:
             return []
         ids = [i.decode() for i in self._redis.hmget(KEYS, unique) if i is not None]
-        return list(self.get_items(ids, include_deleted=True).values())
+        records = []
+        for start in range(0, len(ids), CHUNK):
+            pipe = self._redis.pipeline(transaction=False)
+            for item_id in ids[start : start + CHUNK]:
+                pipe.hmget(
+                    f"{PREFIX}item:{item_id}",
+                    "key",
+                    "artist_id",
+                    "embedding",
+                    "stock",
+                    "deleted",
+                    "updated_at",
+                )
+            for item_id, fields in zip(ids[start : start + CHUNK], pipe.execute(), strict=True):
+                key, artist, embedding, stock, deleted, updated = fields
+                if key is None:
+                    continue
+                records.append(
+                    IndexRecord(
+                        int(key),
+                        item_id,
+                        artist.decode(),
+                        as_vector(embedding),
+                        _for_sale(stock, deleted),
+                        float(updated),
+                    )
+                )
+        return records
 
     def delete_item(self, item_id: str) -> Item | None:
         fields = self._delete(args=[PREFIX, item_id, time.time()])

@@ -21,6 +21,7 @@ import numpy as np
 from service.stores.base import (
     Catalogue,
     Counts,
+    IndexRecord,
     Item,
     NewItem,
     NotForSaleError,
@@ -167,7 +168,7 @@ class SQLiteStore:
                     updated.append(item.id)
                 keys.append(row[0])
             db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in keys])
-        return UpsertResult(created=created, updated=updated, keys=keys)
+        return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         condition = "1" if include_deleted else "deleted = 0"
@@ -191,15 +192,22 @@ class SQLiteStore:
     def for_sale(self, item_ids: list[str]) -> set[str]:
         return {row[0] for row in self._select_ids("id", item_ids, FOR_SALE)}
 
-    def items_by_keys(self, keys: list[int]) -> list[Item]:
-        items = []
+    def index_records(self, keys: list[int]) -> list[IndexRecord]:
+        records = []
         unique = list(dict.fromkeys(int(k) for k in keys))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._read(f"SELECT {ITEM_COLUMNS} FROM items WHERE key IN ({marks})", chunk)
-            items += [_row_to_item(row) for row in rows]
-        return items
+            rows = self._read(
+                f"SELECT key, id, artist_id, embedding, {FOR_SALE}, updated_at FROM items "
+                f"WHERE key IN ({marks})",
+                chunk,
+            )
+            records += [
+                IndexRecord(key, id_, artist, as_vector(blob), bool(selling), updated)
+                for key, id_, artist, blob, selling, updated in rows
+            ]
+        return records
 
     def delete_item(self, item_id: str) -> Item | None:
         with self._write() as db:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -85,6 +86,27 @@ def test_get_item_returns_what_was_posted(client: TestClient, market: Dataset) -
     assert client.get("/items/nope").status_code == 404
 
 
+def b64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+def test_base64_features_are_the_same_vector(client: TestClient) -> None:
+    as_list = random_item("listed", seed=4)
+    encoded = {"id": "encoded", "artist_id": "artist", "features_b64": b64(as_list["features"])}
+    post_items(client, [as_list, encoded])
+    stored = [
+        client.get(f"/items/{i}", params={"include_features": True}).json()["features"]
+        for i in ("listed", "encoded")
+    ]
+    assert stored[0] == stored[1]
+    similar = client.get("/items/listed/similar", params={"k": 1}).json()["items"][0]
+    listed_history = recommend(client, history=["listed"], k=1, exclude_purchased=False)
+    assert similar["item_id"] == "encoded"
+    assert listed_history["items"][0]["score"] == pytest.approx(
+        recommend(client, history=["encoded"], k=1, exclude_purchased=False)["items"][0]["score"]
+    )
+
+
 def _nan_body() -> str:
     features = ", ".join(["0.5"] * 2047 + ["NaN"])
     return f'{{"id": "x", "artist_id": "a", "features": [{features}]}}'
@@ -99,6 +121,27 @@ BAD_UPLOADS = {
         "NaN or infinite",
     ),
     "empty batch": ({"items": []}, 422, "at least 1"),
+    "no features": ({"items": [{"id": "x", "artist_id": "a"}]}, 422, "exactly one of features"),
+    "both encodings": (
+        {"items": [{**random_item("x"), "features_b64": b64(np.ones(2048))}]},
+        422,
+        "exactly one of features",
+    ),
+    "short base64": (
+        {"items": [{"id": "x", "artist_id": "a", "features_b64": b64(np.ones(10))}]},
+        422,
+        "expected 8192 bytes",
+    ),
+    "not base64": (
+        {"items": [{"id": "x", "artist_id": "a", "features_b64": "%%%"}]},
+        422,
+        "not base64",
+    ),
+    "NaN in base64": (
+        {"items": [{"id": "x", "artist_id": "a", "features_b64": b64(np.full(2048, np.nan))}]},
+        422,
+        "NaN or infinite",
+    ),
     "missing artist": ({"id": "x", "features": [0.0] * 2048}, 422, "artist_id"),
     "id with a slash": ({"items": [random_item("a/b")]}, 422, "pattern"),
     "repeated id": ({"items": [random_item("x"), random_item("x")]}, 422, "repeats entry 1"),

@@ -138,9 +138,12 @@ def test_change_log_names_every_key_whose_index_entry_changed(store: Store) -> N
     first_two = store.changes_since(start, limit=2)
     assert first_two[1] == keys
     assert store.changes_since(first_two[0])[1] == [keys[0], keys[1]]
-    by_key = {item.key: item for item in store.items_by_keys(keys)}
-    assert by_key[keys[0]].stock == 0
-    assert by_key[keys[1]].deleted
+    by_key = {record.key: record for record in store.index_records(keys)}
+    assert [by_key[k].id for k in keys] == ["a", "b"]
+    assert not by_key[keys[0]].for_sale  # sold
+    assert not by_key[keys[1]].for_sale  # deleted
+    np.testing.assert_array_equal(by_key[keys[0]].embedding, new_item("a").embedding)
+    assert by_key[keys[0]].updated_at == store.get_items(["a"])["a"].updated_at
 
 
 def test_reposting_a_deleted_item_brings_it_back(store: Store) -> None:

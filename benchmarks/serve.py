@@ -1,0 +1,718 @@
+"""Serving benchmark: the real `python -m service` over HTTP, and the naive way beside it.
+
+Why: the service's case rests on figures that only a run of the real thing can give: how fast
+artworks go in, how long a restart takes to rebuild the index from the store, how much memory
+each 10,000 artworks cost, recommend throughput and tail latency, and how much the ONNX + FAISS
+path gains over the obvious alternative (the Keras user tower called per request, then numpy
+scoring the whole catalogue). Performance is never a timed test; this script prints the figures
+and writes them as JSON. The machine is small and shared, so absolute figures drift between
+runs: compare the figures of one run with each other (ratios), not across runs.
+
+For each catalogue size N, a 1-worker service on a fresh SQLite file takes N synthetic artworks
+through POST /items (batches of 1000) and ~3,000 customers' purchases through POST /purchases.
+Then, for each worker count, the service is restarted on that file (start-up: time to /readyz,
+the index rebuild it reports), its memory is read from /proc and POST /recommend is driven over
+real HTTP with bounded concurrency, then one request at a time. Last, with no service running,
+the naive way runs in this process on the same catalogue and histories.
+
+    .venv/bin/python benchmarks/serve.py --quick        # smoke run: N=2000, 3 s per load
+    .venv/bin/python benchmarks/serve.py                # N=13297 and N=100000, 1 and 2 workers
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL_DIR = ROOT / "models" / "default"
+FEATURE_DIM = 2048
+BATCH_ITEMS = 1000  # the service's default CURATORNET_MAX_BATCH_ITEMS
+EDITION_SIZE = 1000  # so that no purchase here sells a work out
+ARTISTS = 500
+K = 20
+WARM_REQUESTS = 20  # discarded before each one-at-a-time series
+START_TIMEOUT_S = 600.0
+SETTLE_S = 1.0  # pause between "all workers started" and reading their memory
+METRIC_SCRAPES = 10  # fresh connections to /metrics, to reach each worker's gauge
+REBUILD_LOG = re.compile(r"index \((\w+)\) rebuilt from the store with (\d+) items in ([\d.]+) s")
+STARTED_LOG = "Application startup complete."  # uvicorn's, once per worker process
+REBUILD_METRIC = re.compile(r"^curatornet_index_rebuild_seconds (\S+)$", re.MULTILINE)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def item_id(row: int) -> str:
+    return f"item-{row:07d}"
+
+
+def user_id(user: int) -> str:
+    return f"user-{user:05d}"
+
+
+def catalogue_batches(n_items: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, features) per batch of 1000: |N(0, 1)| rounded to 4 decimals.
+
+    Rounding keeps a batch of JSON float lists near 15 MB (full float32 precision would be about
+    41 MB, still under the 64 MiB body limit), and the values survive the float32 round trip,
+    so the service and the naive way score one catalogue.
+    """
+    for batch, start in enumerate(range(0, n_items, BATCH_ITEMS)):
+        rng = np.random.default_rng([seed, 0, batch])
+        size = min(BATCH_ITEMS, n_items - start)
+        yield start, np.round(np.abs(rng.normal(size=(size, FEATURE_DIM))), 4)
+
+
+def user_baskets(n_items: int, n_users: int, seed: int) -> list[np.ndarray]:
+    """One basket of 1-5 distinct catalogue rows per customer."""
+    rng = np.random.default_rng([seed, 1, n_items])
+    return [rng.choice(n_items, int(rng.integers(1, 6)), replace=False) for _ in range(n_users)]
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(np.asarray(seconds) * 1000, [50, 95, 99])
+    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99)}
+
+
+def process_tree(root: int) -> list[int]:
+    """The process and all its descendants (uvicorn's workers, multiprocessing's tracker)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended while /proc was listed
+            continue
+        parents[int(stat.parent.name)] = int(text.rsplit(")", 1)[1].split()[1])
+    tree, frontier = [root], {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier}
+        tree += sorted(frontier)
+    return tree
+
+
+def rss_mib(pids: list[int]) -> float:
+    total_kib = 0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
+class Service:
+    """`python -m service` in its own session at log level info, its stderr kept in a file."""
+
+    def __init__(self, database: Path, workers: int, log: Path) -> None:
+        self.workers, self.log = workers, log
+        self.url = f"http://127.0.0.1:{free_port()}"
+        environment = {
+            **os.environ,
+            "CURATORNET_STORE_URL": f"sqlite:///{database}",
+            "CURATORNET_PORT": self.url.rsplit(":", 1)[1],
+            "CURATORNET_WORKERS": str(workers),
+            "CURATORNET_LOG_LEVEL": "info",
+            "CURATORNET_MODEL_DIR": str(MODEL_DIR),
+        }
+        started = time.perf_counter()
+        with log.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service"],
+                cwd=ROOT,
+                env=environment,
+                stdout=subprocess.DEVNULL,  # uvicorn's access log
+                stderr=stderr,
+                start_new_session=True,
+            )
+        self.client = httpx.Client(base_url=self.url, timeout=120)
+        try:
+            self.ready_s = self._wait_for(self._ready, started)
+            self.all_workers_started_s = self._wait_for(
+                lambda: log.read_text().count(STARTED_LOG) >= workers, started
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        try:
+            return self.client.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def _wait_for(self, condition: Callable[[], bool], started: float) -> float:
+        while not condition():
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"the service exited with {self.process.returncode}; its log ends:\n"
+                    + self.log.read_text()[-3000:]
+                )
+            if time.perf_counter() - started > START_TIMEOUT_S:
+                raise RuntimeError(f"the service did not start in {START_TIMEOUT_S} s")
+            time.sleep(0.02)
+        return time.perf_counter() - started
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.client.close()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def rss_mib(self) -> float:
+        return rss_mib(process_tree(self.process.pid))
+
+    def index_size(self) -> int:
+        return int(self.client.get("/readyz").json()["index_size"])
+
+    def rebuilds_logged(self) -> list[dict[str, Any]]:
+        return [
+            {"index": kind, "items": int(items), "seconds": float(seconds)}
+            for kind, items, seconds in REBUILD_LOG.findall(self.log.read_text())
+        ]
+
+    def rebuilds_from_metrics(self) -> list[float]:
+        """Distinct curatornet_index_rebuild_seconds values, one per worker reached."""
+        values = set()
+        for _ in range(METRIC_SCRAPES):
+            text = httpx.get(f"{self.url}/metrics", timeout=30).text
+            values.update(float(v) for v in REBUILD_METRIC.findall(text))
+        return sorted(values)
+
+    def errors_logged(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if " ERROR " in line]
+
+
+def ingest(service: Service, n_items: int, seed: int) -> dict[str, Any]:
+    """POST /items in batches of 1000, alternating the two feature encodings batch by batch
+    (JSON float lists, base64 float32), so both rates come from the same run; only the
+    requests are timed, not building their JSON."""
+    seconds = {"list": 0.0, "b64": 0.0}
+    items_sent = {"list": 0, "b64": 0}
+    largest = {"list": 0, "b64": 0}
+    for batch, (start, block) in enumerate(catalogue_batches(n_items, seed)):
+        encoding = "list" if batch % 2 == 0 else "b64"
+        items = [
+            {
+                "id": item_id(start + j),
+                "artist_id": f"artist-{(start + j) % ARTISTS:03d}",
+                "edition_size": EDITION_SIZE,
+                **(
+                    {"features": row.tolist()}
+                    if encoding == "list"
+                    else {"features_b64": base64.b64encode(row.astype("<f4").tobytes()).decode()}
+                ),
+            }
+            for j, row in enumerate(block)
+        ]
+        body = json.dumps({"items": items}).encode()
+        largest[encoding] = max(largest[encoding], len(body))
+        began = time.perf_counter()
+        response = service.client.post(
+            "/items", content=body, headers={"content-type": "application/json"}
+        )
+        seconds[encoding] += time.perf_counter() - began
+        items_sent[encoding] += len(items)
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /items: {response.status_code} {response.text[:500]}")
+    return {
+        "items": n_items,
+        "batch_items": BATCH_ITEMS,
+        "seconds": sum(seconds.values()),
+        "items_per_s": n_items / sum(seconds.values()),
+        **{
+            encoding: {
+                "items": items_sent[encoding],
+                "largest_body_mb": largest[encoding] / 1e6,
+                "seconds": seconds[encoding],
+                "items_per_s": items_sent[encoding] / seconds[encoding]
+                if seconds[encoding]
+                else None,
+            }
+            for encoding in seconds
+        },
+    }
+
+
+async def record_purchases(url: str, baskets: list[np.ndarray], concurrency: int) -> dict:
+    """One POST /purchases per customer, `concurrency` in flight."""
+    bodies = iter(
+        {"user_id": user_id(u), "item_ids": [item_id(int(row)) for row in basket]}
+        for u, basket in enumerate(baskets)
+    )
+    failures: list[str] = []
+    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+
+        async def post_some() -> None:
+            for body in bodies:  # one iterator shared by every task: each body is posted once
+                response = await client.post("/purchases", json=body)
+                if response.status_code != 201:
+                    failures.append(f"{response.status_code} {response.text[:300]}")
+
+        began = time.perf_counter()
+        await asyncio.gather(*(post_some() for _ in range(concurrency)))
+        seconds = time.perf_counter() - began
+    if failures:
+        raise RuntimeError(f"{len(failures)} purchases failed, the first: {failures[0]}")
+    purchases = sum(len(basket) for basket in baskets)
+    return {
+        "users": len(baskets),
+        "purchases": purchases,
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "requests_per_s": len(baskets) / seconds,
+    }
+
+
+@dataclass
+class Tally:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    fallbacks: int = 0  # answered, but not personalized: the history was not found
+
+    def add(self, seconds: float, response: httpx.Response | None) -> None:
+        self.latencies.append(seconds)
+        if response is None or response.status_code != 200:
+            self.errors += 1
+        elif response.json()["strategy"] != "personalized":
+            self.fallbacks += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": len(self.latencies),
+            **percentiles(self.latencies),
+            "errors": self.errors,
+            "fallbacks": self.fallbacks,
+        }
+
+
+def recommend_body(rng: random.Random, n_users: int) -> dict[str, Any]:
+    return {"user_id": user_id(rng.randrange(n_users)), "k": K}
+
+
+def drive_with_wrk(
+    url: str, n_users: int, concurrency: int, warmup_s: float, duration_s: float
+) -> dict[str, Any] | None:
+    """The same load from wrk (C, one thread per core's worth of connections), when installed.
+
+    A Python client on the same two cores spends as much CPU as the service it measures;
+    wrk spends a fraction of it, so its figures are closer to what the service can do.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    env = {**os.environ, "BENCH_USERS": str(n_users), "BENCH_K": str(K)}
+    script = str(ROOT / "benchmarks" / "recommend.lua")
+    command = [wrk, "-t1", f"-c{concurrency}", "-s", script, url]
+    subprocess.run(
+        [*command[:1], f"-d{max(1, round(warmup_s))}s", *command[1:]],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    done = subprocess.run(
+        [*command[:1], f"-d{round(duration_s)}s", *command[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    seconds = figures["duration_us"] / 1e6
+    return {
+        "client": "wrk -t1",
+        "requests": figures["requests"],
+        "requests_per_s": figures["requests"] / seconds,
+        **{f"{p}_ms": figures[f"{p}_us"] / 1000 for p in ("p50", "p95", "p99", "max")},
+        "errors": figures["socket_errors"] + figures["status_errors"],
+    }
+
+
+async def drive_recommend(
+    url: str, n_users: int, concurrency: int, warmup_s: float, duration_s: float, seed: int
+) -> dict[str, Any]:
+    """`concurrency` tasks, each sending its next request when the last one is answered."""
+    rng = random.Random(seed)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def loop(deadline: float, tally: Tally) -> None:
+            while time.perf_counter() < deadline:
+                body = recommend_body(rng, n_users)
+                began = time.perf_counter()
+                try:
+                    response: httpx.Response | None = await client.post("/recommend", json=body)
+                except httpx.HTTPError:
+                    response = None
+                tally.add(time.perf_counter() - began, response)
+
+        async def phase(seconds: float) -> tuple[Tally, float]:
+            tally, began = Tally(), time.perf_counter()
+            await asyncio.gather(*(loop(began + seconds, tally) for _ in range(concurrency)))
+            return tally, time.perf_counter() - began
+
+        await phase(warmup_s)
+        tally, seconds = await phase(duration_s)
+    return {
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "requests_per_s": len(tally.latencies) / seconds,
+        **tally.summary(),
+    }
+
+
+def one_at_a_time(service: Service, n_users: int, count: int, seed: int) -> dict[str, Any]:
+    """Sequential requests on one keep-alive connection: latency without queueing."""
+    rng, tally = random.Random(seed), Tally()
+    for n in range(WARM_REQUESTS + count):
+        body = recommend_body(rng, n_users)
+        began = time.perf_counter()
+        try:
+            response: httpx.Response | None = service.client.post("/recommend", json=body)
+        except httpx.HTTPError:
+            response = None
+        if n >= WARM_REQUESTS:
+            tally.add(time.perf_counter() - began, response)
+    return tally.summary()
+
+
+class NaiveRecommender:
+    """CuratorNet's towers in Keras with the shipped model's trained weights, which are read
+    back from the ONNX export's initializers (the export writes them there unchanged)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        from training.model import CuratorNet, ModelConfig
+
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        weights = {}
+        for key in ("item_tower", "user_tower"):
+            graph = onnx.load(model_dir / manifest[key]["file"]).graph
+            weights.update({t.name: numpy_helper.to_array(t) for t in graph.initializer})
+        config = ModelConfig(
+            tuple(manifest["model"]["item_layers"]), tuple(manifest["model"]["user_layers"])
+        )
+        self.net = CuratorNet(weights["feature_mean"], weights["feature_std"], config)
+        for tower, prefix in (
+            (self.net.item_tower, "item_dense"),
+            (self.net.user_tower, "user_dense"),
+        ):
+            tower.set_weights(
+                [
+                    weights[f"{prefix}{layer}_{part}"]
+                    for layer in range(len(tower.layers))
+                    for part in ("kernel", "bias")
+                ]
+            )
+
+    def parity_with_onnx(self, model_dir: Path, seed: int) -> float:
+        """Max |Keras - ONNX Runtime| over both towers: the weights are the trained ones."""
+        from service.encoders import load_model
+
+        served = load_model(model_dir)
+        _, block = next(catalogue_batches(64, seed))
+        features = block.astype(np.float32)
+        embeddings = served.embed_items(features)
+        history, mask = embeddings[None], np.ones((1, len(embeddings)), np.float32)
+        return max(
+            float(np.abs(self.net.embed_items(features) - embeddings).max()),
+            float(
+                np.abs(
+                    self.net.embed_users(history, mask) - served.embed_users(history, mask)
+                ).max()
+            ),
+        )
+
+    def benchmark(
+        self, n_items: int, baskets: list[np.ndarray], count: int, seed: int
+    ) -> dict[str, Any]:
+        """Per-request latency of the two ways to run the user tower, each plus numpy top k."""
+        embeddings = np.concatenate(
+            [
+                self.net.embed_items(block.astype(np.float32))
+                for _, block in catalogue_batches(n_items, seed)
+            ]
+        )
+        tower = self.net.user_tower
+
+        def called(history: np.ndarray) -> np.ndarray:
+            return self.net.embed_users(history[None], np.ones((1, len(history)), np.float32))[0]
+
+        def predicted(history: np.ndarray) -> np.ndarray:
+            pooled = np.concatenate([history.mean(axis=0), history.max(axis=0)])[None]
+            return tower.predict(pooled, verbose=0)[0]
+
+        results = {}
+        for name, user_vector in (("keras_call", called), ("keras_predict", predicted)):
+            rng, latencies = random.Random(seed), []
+            for n in range(WARM_REQUESTS + count):
+                basket = baskets[rng.randrange(len(baskets))]
+                began = time.perf_counter()
+                scores = embeddings @ user_vector(embeddings[basket])
+                scores[basket] = -np.inf  # the service leaves out what the customer bought
+                top = np.argpartition(-scores, K)[:K]
+                top = top[np.argsort(-scores[top])]
+                if n >= WARM_REQUESTS:
+                    latencies.append(time.perf_counter() - began)
+            results[name] = {"requests": count, **percentiles(latencies)}
+        return results
+
+
+def measure_running(service: Service) -> dict[str, Any]:
+    """Start-up figures and idle memory of a freshly started service."""
+    time.sleep(SETTLE_S)
+    return {
+        "ready_s": service.ready_s,
+        "all_workers_started_s": service.all_workers_started_s,
+        "processes": len(process_tree(service.process.pid)),
+        "rss_mib": service.rss_mib(),
+        "index_size": service.index_size(),
+    }
+
+
+def bench_size(
+    n_items: int,
+    args: argparse.Namespace,
+    empty: dict[int, dict],
+    work: Path,
+    naive: NaiveRecommender,
+) -> dict[str, Any]:
+    database = work / f"catalogue-{n_items}.db"
+    baskets = user_baskets(n_items, args.users, args.seed)
+    print(f"... N={n_items}: loading the catalogue and purchases (1 worker)", flush=True)
+    with Service(database, 1, work / f"load-{n_items}.log") as service:
+        loading = {
+            "ingest": ingest(service, n_items, args.seed),
+            "purchases": asyncio.run(record_purchases(service.url, baskets, args.concurrency)),
+            "rss_mib_after_loading": service.rss_mib(),
+            "errors_logged": service.errors_logged(),
+        }
+    runs = []
+    for workers in args.workers:
+        print(f"... N={n_items}: restart with {workers} worker(s), drive /recommend", flush=True)
+        with Service(database, workers, work / f"serve-{n_items}-{workers}.log") as service:
+            run = {"workers": workers, **measure_running(service)}
+            run["rebuild_logged"] = service.rebuilds_logged()
+            run["rebuild_s_from_metrics"] = service.rebuilds_from_metrics()
+            extra = run["rss_mib"] - empty[workers]["rss_mib"]
+            run["rss_mib_per_10k_items"] = extra / (n_items / 10_000)
+            run["recommend"] = asyncio.run(
+                drive_recommend(
+                    service.url,
+                    args.users,
+                    args.concurrency,
+                    args.warmup,
+                    args.duration,
+                    args.seed,
+                )
+            )
+            run["recommend_wrk"] = drive_with_wrk(
+                service.url, args.users, args.concurrency, args.warmup, args.duration
+            )
+            run["one_at_a_time"] = one_at_a_time(service, args.users, args.requests, args.seed)
+            run["rss_mib_after_serving"] = service.rss_mib()
+            run["errors_logged"] = service.errors_logged()
+        runs.append(run)
+    print(f"... N={n_items}: the naive way (Keras + numpy, in process)", flush=True)
+    naive_result = naive.benchmark(n_items, baskets, args.requests, args.seed)
+    for run in runs:
+        run["naive_p50_over_service_p50"] = {
+            name: {
+                "one_at_a_time": figures["p50_ms"] / run["one_at_a_time"]["p50_ms"],
+                f"at_concurrency_{args.concurrency}": figures["p50_ms"]
+                / run["recommend"]["p50_ms"],
+            }
+            for name, figures in naive_result.items()
+        }
+    return {"n_items": n_items, **loading, "runs": runs, "naive": naive_result}
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(
+        "\nempty store: "
+        + ", ".join(
+            f"{w} worker(s) {e['rss_mib']:.0f} MiB, ready in {e['ready_s']:.2f} s"
+            for w, e in results["empty_store"].items()
+        )
+    )
+    header = (
+        f"{'N':>7} {'w':>2} {'ready s':>8} {'rebuild s':>10} {'RSS MiB':>8} {'MiB/10K':>8} "
+        f"{'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'err':>4} {'1-by-1 p50':>10}"
+    )
+    for size in results["sizes"]:
+        ingest_ = size["ingest"]
+        purchases = size["purchases"]
+        print(
+            f"\nN={size['n_items']}: ingestion {ingest_['items_per_s']:.0f} items/s "
+            f"({ingest_['seconds']:.1f} s; JSON lists {ingest_['list']['items_per_s']:.0f}, "
+            f"base64 {ingest_['b64']['items_per_s'] or 0:.0f} items/s), "
+            f"purchases {purchases['requests_per_s']:.0f} req/s "
+            f"({purchases['users']} users, {purchases['purchases']} items)"
+        )
+        print(header)
+        for run in size["runs"]:
+            rebuilds = [r["seconds"] for r in run["rebuild_logged"]] or run[
+                "rebuild_s_from_metrics"
+            ]
+            rebuild = "/".join(f"{s:.3f}" for s in rebuilds) or "-"
+            recommend = run["recommend"]
+            print(
+                f"{size['n_items']:>7} {run['workers']:>2} {run['ready_s']:>8.2f} {rebuild:>10} "
+                f"{run['rss_mib']:>8.0f} {run['rss_mib_per_10k_items']:>8.1f} "
+                f"{recommend['requests_per_s']:>7.0f} {recommend['p50_ms']:>7.1f} "
+                f"{recommend['p95_ms']:>7.1f} {recommend['p99_ms']:>7.1f} "
+                f"{recommend['errors']:>4} {run['one_at_a_time']['p50_ms']:>10.2f}"
+            )
+            if run["recommend_wrk"]:
+                wrk = run["recommend_wrk"]
+                print(
+                    f"{'  (wrk)':>7} {run['workers']:>2} {'':>8} {'':>10} {'':>8} {'':>8} "
+                    f"{wrk['requests_per_s']:>7.0f} {wrk['p50_ms']:>7.1f} {wrk['p95_ms']:>7.1f} "
+                    f"{wrk['p99_ms']:>7.1f} {wrk['errors']:>4}"
+                )
+        for name, figures in size["naive"].items():
+            ratios = ", ".join(
+                f"{run['naive_p50_over_service_p50'][name]['one_at_a_time']:.2f}x "
+                f"({run['workers']} worker(s))"
+                for run in size["runs"]
+            )
+            print(
+                f"naive {name:<13} p50 {figures['p50_ms']:7.2f} ms, "
+                f"p99 {figures['p99_ms']:7.2f} ms; "
+                f"naive p50 / service 1-by-1 p50 over HTTP: {ratios}"
+            )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    def numbers(text: str) -> list[int]:
+        return [int(part) for part in text.split(",") if part.strip()]
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=numbers, default=[13297, 100_000], help="catalogue sizes N")
+    parser.add_argument("--workers", type=numbers, default=[1, 2], help="uvicorn worker counts")
+    parser.add_argument("--concurrency", type=int, default=8, help="recommend requests in flight")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of measured load")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of unmeasured load first"
+    )
+    parser.add_argument("--users", type=int, default=3000, help="customers with purchases")
+    parser.add_argument(
+        "--requests", type=int, default=200, help="requests timed one at a time (service and naive)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="catalogue, baskets and request order")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "benchmarks" / "results" / "serve.json",
+        help="JSON results (default benchmarks/results/serve.json)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: --sizes 2000 --duration 3")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.duration = [2000], 3.0
+    if min(args.sizes) <= K:
+        parser.error(f"every size must be larger than k={K}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results: dict[str, Any] = {
+        "benchmark": "serve",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "settings": {key: value for key, value in vars(args).items() if key != "out"}
+        | {"k": K, "batch_items": BATCH_ITEMS, "edition_size": EDITION_SIZE},
+        "notes": [
+            "Compare figures within one run only: the machine is shared and noisy.",
+            "Service latencies are client-side over real HTTP (localhost), client and service"
+            " sharing the machine's CPUs; 'recommend' runs at --concurrency requests in flight,"
+            " 'one_at_a_time' sends each request after the last is answered.",
+            "The service runs at log level info (its default), uvicorn's access log included.",
+            "Ingestion times only the POST /items requests, not building their JSON.",
+            "rss_mib sums VmRSS over the service's process tree, idle after start-up;"
+            " rss_mib_per_10k_items subtracts the same service started on an empty store.",
+            "rebuild_logged parses the service's start-up log line (empty where the workers do"
+            " not log it); rebuild_s_from_metrics reads curatornet_index_rebuild_seconds from"
+            " /metrics (distinct values, one per worker reached over fresh connections).",
+            "The naive way runs in this process with no service running, one request at a time:"
+            " the user tower in Keras (direct call, or model.predict), then numpy dot products"
+            " with all N item embeddings, purchased items left out, np.argpartition top k.",
+        ],
+    }
+    with tempfile.TemporaryDirectory(prefix="curatornet-bench-") as tmp:
+        work = Path(tmp)
+        empty = {}
+        for workers in args.workers:
+            print(f"... empty store, {workers} worker(s)", flush=True)
+            with Service(work / f"empty-{workers}.db", workers, work / f"empty-{workers}.log") as s:
+                empty[workers] = measure_running(s)
+        results["empty_store"] = empty
+        print("... building the naive Keras model", flush=True)
+        naive = NaiveRecommender(MODEL_DIR)
+        results["naive_model"] = {
+            "weights": "trained: models/default's weights read back from its ONNX initializers"
+            " into the Keras CuratorNet of training/model.py",
+            "parity_max_abs_diff_vs_onnx": naive.parity_with_onnx(MODEL_DIR, args.seed),
+        }
+        results["sizes"] = [bench_size(n, args, empty, work, naive) for n in args.sizes]
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nwritten to {args.out}")
+    failed = sum(
+        run[part]["errors"] + run[part]["fallbacks"]
+        for size in results["sizes"]
+        for run in size["runs"]
+        for part in ("recommend", "one_at_a_time")
+    )
+    if failed:
+        print(
+            f"error: {failed} recommend requests failed or were not personalized", file=sys.stderr
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
