@@ -20,14 +20,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server for the whole session; tests use their own database numbers."""
+def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
+    """A real redis-server on a free port, without persistence, answering PING."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (.ci/run installs it with apt-get)")
     port = free_port()
-    directory = tmp_path_factory.mktemp("redis")
     arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     arguments += ["--dir", str(directory), "--databases", "64"]
     process = subprocess.Popen(
@@ -38,12 +36,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     while True:
         try:
             client.ping()
-            break
+            return process, port
         except redis.ConnectionError:
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
                 pytest.fail("redis-server did not start")
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server for the whole session; tests use their own database numbers."""
+    process, port = start_redis(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}"
     process.terminate()
     process.wait(timeout=10)
