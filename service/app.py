@@ -12,6 +12,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import faiss
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -45,7 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # uvicorn's worker processes configure only uvicorn's loggers; without this the
         # service's own lines (the index rebuild, sync errors) vanish when workers > 1.
         logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-        model = load_model(settings.model_dir)
+        # Scale with worker processes, not threads: idle OpenMP and ONNX Runtime threads spin,
+        # and several workers' spinning threads would take the cores from each other.
+        faiss.omp_set_num_threads(settings.inference_threads)
+        model = load_model(settings.model_dir, settings.inference_threads)
         store = open_store(settings.store_url)
         index = ItemIndex(
             model.embedding_dim, settings.index_kind, settings.hnsw_m, settings.hnsw_ef_search

@@ -81,7 +81,20 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _open_tower(directory: Path, manifest: dict[str, Any], key: str) -> ort.InferenceSession:
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    """With `threads`, a fixed pool that never spins: a server runs one process per core, and
+    ONNX Runtime's default (a thread per core, spinning between calls) would have them fight."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def _open_tower(
+    directory: Path, manifest: dict[str, Any], key: str, threads: int | None
+) -> ort.InferenceSession:
     try:
         spec = TowerSpec(**{k: manifest[key][k] for k in ("file", "sha256", "inputs", "outputs")})
     except (KeyError, TypeError) as error:
@@ -96,7 +109,9 @@ def _open_tower(directory: Path, manifest: dict[str, Any], key: str) -> ort.Infe
             "the file was changed or belongs to another export"
         )
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            str(path), _session_options(threads), providers=["CPUExecutionProvider"]
+        )
     except Exception as error:  # onnxruntime raises its own untyped errors
         raise ModelError(f"{path}: ONNX Runtime cannot load it ({error})") from None
     for declared, actual, role in (
@@ -119,13 +134,16 @@ def _fixed(shape: list[Any]) -> list[int | None]:
     return [dim if isinstance(dim, int) else None for dim in shape]
 
 
-def load_model(directory: Path | str) -> LoadedModel:
-    """Open a model directory, or raise ModelError saying exactly what does not match."""
+def load_model(directory: Path | str, threads: int | None = None) -> LoadedModel:
+    """Open a model directory, or raise ModelError saying exactly what does not match.
+
+    `threads` caps ONNX Runtime's threads per session (None: its default, one per core).
+    """
     directory = Path(directory)
     manifest = _read_manifest(directory)
     feature_dim, embedding_dim = manifest["feature_dim"], manifest["embedding_dim"]
-    item = _open_tower(directory, manifest, "item_tower")
-    user = _open_tower(directory, manifest, "user_tower")
+    item = _open_tower(directory, manifest, "item_tower", threads)
+    user = _open_tower(directory, manifest, "user_tower", threads)
     expected = {
         ("item_tower", "features"): [None, feature_dim],
         ("item_tower", "embedding"): [None, embedding_dim],
