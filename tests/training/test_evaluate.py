@@ -139,46 +139,20 @@ def test_report_files(evaluated, tmp_path: Path) -> None:
 
 def test_evaluate_command(tiny_market_dir: Path, tiny_run, tmp_path: Path) -> None:
     model_dir, _ = tiny_run
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "evaluate",
-            "--data",
-            str(tiny_market_dir),
-            "--model",
-            str(model_dir),
-            "--methods",
-            "random,popular,curatornet,ceiling",
-            "--out",
-            str(tmp_path / "report"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+
+    def evaluate(methods: str, out: Path) -> subprocess.CompletedProcess:
+        command = ["evaluate", "--data", str(tiny_market_dir), "--model", str(model_dir)]
+        return subprocess.run(
+            [sys.executable, "-m", "training", *command, "--methods", methods, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    result = evaluate("random,popular,curatornet,ceiling", tmp_path / "report")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| CuratorNet (guidelines) |" in result.stdout
     assert (tmp_path / "report" / "recall_at_k.png").is_file()
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "evaluate",
-            "--data",
-            str(tiny_market_dir),
-            "--model",
-            str(model_dir),
-            "--methods",
-            "oracle",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    bad = evaluate("oracle", tmp_path / "x")
     assert bad.returncode == 2
     assert "unknown method(s) ['oracle']" in bad.stderr
