@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,3 +37,9 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def empty_key_means_none(cls, value: object) -> object:
+        """`CURATORNET_API_KEY=` (as docker-compose passes an unset variable) means no key."""
+        return None if value == "" else value

@@ -1,0 +1,32 @@
+# The recommendation service: FastAPI + ONNX Runtime + FAISS, no TensorFlow.
+# Build from the repository root: docker build -f docker/service.Dockerfile -t curatornet-service .
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY service ./service
+COPY training ./training
+# The runtime dependencies only (no extras): the trainer image carries TensorFlow, this one not.
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir .
+
+FROM python:3.11-slim
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    CURATORNET_HOST=0.0.0.0 \
+    CURATORNET_PORT=8000 \
+    CURATORNET_MODEL_DIR=/app/models/default \
+    CURATORNET_STORE_URL=sqlite:////data/curatornet.db
+RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin curatornet \
+    && mkdir -p /data \
+    && chown curatornet /data
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY models/default ./models/default
+USER 10001
+EXPOSE 8000
+VOLUME ["/data"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['CURATORNET_PORT'] + '/healthz', timeout=2)"]
+CMD ["python", "-m", "service"]
