@@ -81,12 +81,14 @@ def _load_demo(settings: Settings) -> None:
     from service.encoders import load_model
     from service.index import ItemIndex
     from service.recommender import Recommender
+    from service.rollout import model_dir_at_start
     from service.stores import open_store
 
-    model = load_model(settings.model_dir)
     store = open_store(settings.store_url)
     try:
-        load_demo_market(Recommender(model, store, ItemIndex(model.embedding_dim), 300))
+        recommender = Recommender(store, 300, ItemIndex)
+        recommender.serve(load_model(model_dir_at_start(store, settings.model_dir)))
+        load_demo_market(recommender)
     finally:
         store.close()
 

@@ -16,12 +16,13 @@ import faiss
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from service.api import health, items, purchases, recommend, users
+from service.api import admin, health, items, purchases, recommend, users
 from service.config import Settings
 from service.encoders import load_model
 from service.index import ItemIndex
 from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.recommender import Recommender
+from service.rollout import FleetFollower, model_dir_at_start
 from service.stores import open_store
 from service.stores.base import NotForSaleError, UnknownItemsError
 
@@ -29,9 +30,12 @@ log = logging.getLogger("service")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _follow(recommender: Recommender, interval: float, stop: threading.Event) -> None:
+def _follow(
+    recommender: Recommender, fleet: FleetFollower, interval: float, stop: threading.Event
+) -> None:
     while not stop.wait(interval):
         try:
+            fleet.tick()
             recommender.follow_changes()
         except Exception:  # a store hiccup must not kill the follower; the next tick retries
             log.exception("could not apply changes from the store; retrying")
@@ -49,31 +53,43 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Scale with worker processes, not threads: idle OpenMP and ONNX Runtime threads spin,
         # and several workers' spinning threads would take the cores from each other.
         faiss.omp_set_num_threads(settings.inference_threads)
-        model = load_model(settings.model_dir, settings.inference_threads)
         store = open_store(settings.store_url)
-        index = ItemIndex(
-            model.embedding_dim, settings.index_kind, settings.hnsw_m, settings.hnsw_ef_search
-        )
-        recommender = Recommender(model, store, index, settings.history_length)
-        seconds = recommender.rebuild_index()
+        try:
+            model_dir = model_dir_at_start(store, settings.model_dir)
+            model = load_model(model_dir, settings.inference_threads)
+            recommender = Recommender(
+                store,
+                settings.history_length,
+                lambda dim: ItemIndex(
+                    dim, settings.index_kind, settings.hnsw_m, settings.hnsw_ef_search
+                ),
+            )
+            started = recommender.serve(model)
+        except BaseException:
+            store.close()
+            raise
         log.info(
-            "model %s from %s; index (%s) rebuilt from the store with %d items in %.3f s",
-            model.version,
-            settings.model_dir,
+            "model %s from %s; index (%s) built from the store with %d items "
+            "(%d re-embedded by this model) in %.3f s",
+            started.version,
+            started.model_dir,
             settings.index_kind,
-            len(index),
-            seconds,
+            started.indexed,
+            started.embedded,
+            started.seconds,
         )
-        metrics.index_rebuild.set(seconds)
-        metrics.model.info({"version": model.version, "directory": str(settings.model_dir)})
+        metrics.index_rebuild.set(started.seconds)
         app.state.settings, app.state.recommender, app.state.metrics = (
             settings,
             recommender,
             metrics,
         )
         stop = threading.Event()
+        fleet = FleetFollower(recommender, settings.inference_threads)
         follower = threading.Thread(
-            target=_follow, args=(recommender, settings.sync_interval_s, stop), daemon=True
+            target=_follow,
+            args=(recommender, fleet, settings.sync_interval_s, stop),
+            daemon=True,
         )
         follower.start()
         try:
@@ -89,7 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    for router in (items.router, purchases.router, users.router, recommend.router, health.router):
+    routers = (items, purchases, users, recommend, health, admin)
+    for router in (module.router for module in routers):
         app.include_router(router)
 
     @app.exception_handler(UnknownItemsError)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from service.stores.base import Catalogue
-
 REBUILD_TOMBSTONE_SHARE = 0.2
 
 
@@ -66,18 +64,6 @@ class ItemIndex:
     def __len__(self) -> int:
         with self._lock:
             return len(self._slot_of)
-
-    def rebuild(self, catalogue: Catalogue, versions: list[float] | None = None) -> None:
-        with self._lock:
-            self._reset()
-            if len(catalogue.keys):
-                self.upsert(
-                    catalogue.keys,
-                    catalogue.item_ids,
-                    catalogue.artist_ids,
-                    catalogue.embeddings,
-                    versions or [0.0] * len(catalogue.keys),
-                )
 
     def version(self, key: int) -> float | None:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ PERSONALIZED = "personalized"
 FALLBACK = "fallback_best_sellers_then_newest"
 # Searches rerun at most this often when hits turn out sold by another process.
 STALE_RETRIES = 3
+# Artworks embedded per call when a model recomputes what another model stored.
+EMBED_BATCH = 2048
 # With artist filters the fallback reads this many times k candidates before filtering.
 FALLBACK_OVERFETCH = 50
 
@@ -64,35 +67,143 @@ class Recommendations:
     history_used: int
 
 
+@dataclass(frozen=True)
+class Serving:
+    """A model and the index its embeddings fill: swapped together, read together, so a
+    request never scores one model's user vector against another model's items."""
+
+    model: LoadedModel
+    index: ItemIndex
+
+
+@dataclass(frozen=True)
+class Rollout:
+    version: str
+    model_dir: str
+    indexed: int
+    embedded: int  # items whose stored embedding was another model's, recomputed
+    seconds: float
+
+
+class FeatureDimensionMismatch(ValueError):
+    """The model takes features of another length than the stored artworks have."""
+
+
 class Recommender:
-    def __init__(self, model: LoadedModel, store: Store, index: ItemIndex, history_length: int):
-        self.model, self.store, self.index = model, store, index
-        self.history_length = history_length
-        self.model_version = model.version
+    def __init__(
+        self, store: Store, history_length: int, new_index: Callable[[int], ItemIndex]
+    ) -> None:
+        self.store, self.history_length = store, history_length
+        self._new_index = new_index
+        self._serving: Serving | None = None
         self._cursor = "0"
         self._follow_lock = threading.Lock()
 
-    def rebuild_index(self) -> float:
-        """Fill the index from the store; returns the seconds it took."""
+    @property
+    def serving(self) -> Serving:
+        if self._serving is None:
+            raise RuntimeError("no model is being served yet")
+        return self._serving
+
+    @property
+    def model(self) -> LoadedModel:
+        return self.serving.model
+
+    @property
+    def index(self) -> ItemIndex:
+        return self.serving.index
+
+    @property
+    def model_version(self) -> str:
+        return self.serving.model.version
+
+    def serve(self, model: LoadedModel) -> Rollout:
+        """Start serving `model`: at start-up, and to roll out a new one while serving.
+
+        The new index is built beside the old one (artworks whose stored embedding another
+        model computed are re-embedded from their stored features, and the result written
+        back), brought up to date with the change log, then swapped in at once; requests go
+        on being answered by the old model until then.
+        """
         started = time.perf_counter()
+        stored_dim = self.store.feature_dim()
+        if stored_dim is not None and stored_dim != model.feature_dim:
+            raise FeatureDimensionMismatch(
+                f"{model.directory} takes {model.feature_dim}-d features, but the stored "
+                f"artworks have {stored_dim}-d features; it cannot embed this catalogue"
+            )
+        candidate = Serving(model, self._new_index(model.embedding_dim))
+        cursor = self.store.change_cursor()  # before the snapshot: nothing is missed
+        catalogue = self.store.catalogue()
+        embeddings, embedded = self._current_embeddings(
+            model,
+            catalogue.keys,
+            catalogue.item_ids,
+            catalogue.embeddings,
+            catalogue.model_versions,
+            catalogue.updated_at,
+        )
+        if len(catalogue.keys):
+            candidate.index.upsert(
+                catalogue.keys,
+                catalogue.item_ids,
+                catalogue.artist_ids,
+                embeddings,
+                catalogue.updated_at,
+            )
         with self._follow_lock:
-            self._cursor = self.store.change_cursor()  # before the snapshot: nothing is missed
-            catalogue = self.store.catalogue()
-            self.index.rebuild(catalogue)
-        return time.perf_counter() - started
+            while True:
+                cursor, keys = self.store.changes_since(cursor)
+                if not keys:
+                    break
+                self._apply(candidate, keys)
+            self._serving, self._cursor = candidate, cursor
+        return Rollout(
+            model.version,
+            str(model.directory),
+            len(candidate.index),
+            embedded,
+            time.perf_counter() - started,
+        )
+
+    def _current_embeddings(
+        self,
+        model: LoadedModel,
+        keys: np.ndarray | list[int],
+        item_ids: list[str],
+        stored: list[np.ndarray],
+        versions: list[str],
+        updated_at: list[float],
+    ) -> tuple[np.ndarray, int]:
+        """`model`'s embeddings for these rows: stored ones where `model` computed them, the
+        rest recomputed from the stored features and written back for the next reader."""
+        rows = np.empty((len(item_ids), model.embedding_dim), np.float32)
+        stale = [n for n, version in enumerate(versions) if version != model.version]
+        for n in set(range(len(item_ids))) - set(stale):
+            rows[n] = stored[n]
+        for start in range(0, len(stale), EMBED_BATCH):
+            chunk = stale[start : start + EMBED_BATCH]
+            features = self.store.features([item_ids[n] for n in chunk])
+            rows[chunk] = model.embed_items(np.stack([features[item_ids[n]] for n in chunk]))
+            self.store.set_embeddings(
+                [(int(keys[n]), updated_at[n], rows[n]) for n in chunk], model.version
+            )
+        return rows, len(stale)
 
     def add_items(self, drafts: list[ItemDraft]) -> UpsertResult:
-        embeddings = self.model.embed_items(np.stack([d.features for d in drafts]))
+        serving = self.serving
+        embeddings = serving.model.embed_items(np.stack([d.features for d in drafts]))
+        version = serving.model.version
         items = [
-            NewItem(d.id, d.artist_id, d.features, e, d.edition_size, d.stock, d.metadata)
+            NewItem(d.id, d.artist_id, d.features, e, d.edition_size, d.stock, d.metadata, version)
             for d, e in zip(drafts, embeddings, strict=True)
         ]
         result = self.store.upsert_items(items)
         # Index what was just stored without reading it back; when the change log names these
         # keys again, the version check makes that a no-op.
         selling = [n for n, d in enumerate(drafts) if d.stock > 0]
-        self.index.remove([k for n, k in enumerate(result.keys) if drafts[n].stock == 0])
-        self.index.upsert(
+        serving.index.remove([k for n, k in enumerate(result.keys) if drafts[n].stock == 0])
+        serving.index.upsert(
             [result.keys[n] for n in selling],
             [drafts[n].id for n in selling],
             [drafts[n].artist_id for n in selling],
@@ -117,34 +228,53 @@ class Recommender:
         with self._follow_lock:
             cursor, keys = self.store.changes_since(self._cursor)
             if keys:
-                self._apply(keys)
+                self._apply(self.serving, keys)
             self._cursor = cursor
             return len(keys)
 
-    def _apply(self, keys: list[int]) -> None:
+    def _apply(self, serving: Serving, keys: list[int]) -> None:
         """Bring the index in line with the store for these keys (idempotent)."""
-        items = self.store.index_records(keys)
-        fresh = [i for i in items if i.for_sale and self.index.version(i.key) != i.updated_at]
-        gone = [i.key for i in items if not i.for_sale]
-        self.index.remove(gone)
+        records = self.store.index_records(keys)
+        fresh = [r for r in records if r.for_sale and serving.index.version(r.key) != r.updated_at]
+        serving.index.remove([r.key for r in records if not r.for_sale])
         if fresh:
-            self.index.upsert(
-                [i.key for i in fresh],
-                [i.id for i in fresh],
-                [i.artist_id for i in fresh],
-                np.stack([i.embedding for i in fresh]),
-                [i.updated_at for i in fresh],
+            embeddings, _ = self._current_embeddings(
+                serving.model,
+                [r.key for r in fresh],
+                [r.id for r in fresh],
+                [r.embedding for r in fresh],
+                [r.model_version for r in fresh],
+                [r.updated_at for r in fresh],
+            )
+            serving.index.upsert(
+                [r.key for r in fresh],
+                [r.id for r in fresh],
+                [r.artist_id for r in fresh],
+                embeddings,
+                [r.updated_at for r in fresh],
             )
 
-    def user_vector(self, history_ids: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The user tower over the last N history items' stored embeddings."""
-        recent = history_ids[-self.history_length :]
-        stored = self.store.embeddings(recent)
-        missing = [i for i in dict.fromkeys(recent) if i not in stored]
+    def _embeddings(self, model: LoadedModel, item_ids: list[str]) -> dict[str, np.ndarray]:
+        """`model`'s embeddings of these items (deleted ones included), stored or recomputed."""
+        found = self.store.embeddings(item_ids, model.version)
+        missing = [i for i in dict.fromkeys(item_ids) if i not in found]
         if missing:
-            raise UnknownItemsError(missing)
+            features = self.store.features(missing)
+            unknown = [i for i in missing if i not in features]
+            if unknown:
+                raise UnknownItemsError(unknown)
+            computed = model.embed_items(np.stack([features[i] for i in missing]))
+            found |= dict(zip(missing, computed, strict=True))
+        return found
+
+    def _user_vector(
+        self, model: LoadedModel, history_ids: list[str]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The user tower over the last N history items' embeddings."""
+        recent = history_ids[-self.history_length :]
+        stored = self._embeddings(model, recent)
         history = np.stack([stored[i] for i in recent])[None]
-        vector = self.model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
+        vector = model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
         return vector, stored
 
     def recommend(
@@ -157,26 +287,27 @@ class Recommender:
         exclude = set(history_ids) if filters.exclude_purchased else set()
         if not history_ids:
             return Recommendations(FALLBACK, self._fallback(k, exclude, filters), 0)
-        vector, history = self.user_vector(history_ids)
+        serving = self.serving
+        vector, history = self._user_vector(serving.model, history_ids)
         hits = self._search_for_sale(
-            vector, k, exclude, filters.include_artists, filters.exclude_artists
+            serving, vector, k, exclude, filters.include_artists, filters.exclude_artists
         )
         items = (
-            self._explained(hits, history, explain)
+            self._explained(serving.model, hits, history, explain)
             if explain
             else [Recommendation(h.item_id, h.artist_id, h.score) for h in hits]
         )
         return Recommendations(PERSONALIZED, items, min(len(history_ids), self.history_length))
 
     def similar(self, item_id: str, k: int) -> list[Recommendation]:
-        embedding = self.store.embeddings([item_id]).get(item_id)
-        if embedding is None:
-            raise UnknownItemsError([item_id])
-        hits = self._search_for_sale(embedding, k, {item_id})
+        serving = self.serving
+        embedding = self._embeddings(serving.model, [item_id])[item_id]
+        hits = self._search_for_sale(serving, embedding, k, {item_id})
         return [Recommendation(h.item_id, h.artist_id, h.score) for h in hits]
 
     def _search_for_sale(
         self,
+        serving: Serving,
         vector: np.ndarray,
         k: int,
         exclude: set[str],
@@ -189,21 +320,27 @@ class Recommender:
         is refreshed from the store (which takes it out of this index) and the search rerun.
         """
         for _ in range(STALE_RETRIES):
-            hits = self.index.search(vector, k, exclude, include_artists, exclude_artists or set())
+            hits = serving.index.search(
+                vector, k, exclude, include_artists, exclude_artists or set()
+            )
             live = self.store.for_sale([h.item_id for h in hits])
             stale = [h.key for h in hits if h.item_id not in live]
             if not stale:
                 return hits
-            self._apply(stale)
+            self._apply(serving, stale)
         return [h for h in hits if h.item_id in live]
 
     def _explained(
-        self, hits: list[Hit], history: dict[str, np.ndarray], per_item: int
+        self,
+        model: LoadedModel,
+        hits: list[Hit],
+        history: dict[str, np.ndarray],
+        per_item: int,
     ) -> list[Recommendation]:
         """For each hit, the history items whose embeddings agree with it most (dot product)."""
         if not hits:
             return []
-        stored = self.store.embeddings([h.item_id for h in hits])
+        stored = self._embeddings(model, [h.item_id for h in hits])
         history_ids = list(history)
         history_matrix = np.stack([history[i] for i in history_ids])
         result = []

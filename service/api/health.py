@@ -50,4 +50,6 @@ def model(recommender: RecommenderDep) -> dict[str, Any]:
 def metrics(request: Request, recommender: RecommenderDep) -> Response:
     collected = request.app.state.metrics
     collected.index_size.set(len(recommender.index))
+    model = recommender.model
+    collected.model.info({"version": model.version, "directory": str(model.directory)})
     return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

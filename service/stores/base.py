@@ -41,6 +41,7 @@ class NewItem:
     edition_size: int | None  # None: one-of-a-kind
     stock: int  # units left for sale
     metadata: dict[str, Any] = field(default_factory=dict)
+    model_version: str = ""  # the model that computed `embedding`
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class IndexRecord:
     embedding: np.ndarray
     for_sale: bool
     updated_at: float
+    model_version: str  # embeddings of another model are recomputed from the features
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,9 @@ class Catalogue:
     keys: np.ndarray  # int64 [N]
     item_ids: list[str]
     artist_ids: list[str]
-    embeddings: np.ndarray  # float32 [N, E]
+    embeddings: list[np.ndarray]  # float32 [E] each; models may differ in E
+    model_versions: list[str]  # which model computed each row's embedding
+    updated_at: list[float]
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,24 @@ class Store(Protocol):
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         """The stored items among `item_ids` (unknown ids are simply absent)."""
 
-    def embeddings(self, item_ids: list[str]) -> dict[str, np.ndarray]:
-        """Stored embeddings, deleted items included (they still describe their buyers)."""
+    def embeddings(self, item_ids: list[str], model_version: str) -> dict[str, np.ndarray]:
+        """Stored embeddings computed by `model_version`, deleted items included (they still
+        describe their buyers); items embedded by another model are left out."""
+
+    def features(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        """Raw features, deleted items included: what a new model embeds."""
+
+    def set_embeddings(self, rows: list[tuple[int, float, np.ndarray]], model_version: str) -> int:
+        """Store (key, updated_at, embedding) rows computed by `model_version`; a row whose
+        item changed since `updated_at` is skipped. Returns how many were written."""
+
+    def feature_dim(self) -> int | None:
+        """The length of the stored feature vectors (None while the store holds no item)."""
+
+    def get_setting(self, name: str) -> str | None: ...
+
+    def set_setting(self, name: str, value: str) -> None:
+        """Small shared values every process serving the store reads (the model to serve)."""
 
     def for_sale(self, item_ids: list[str]) -> set[str]:
         """Which of these are for sale now: the last word before a recommendation leaves."""

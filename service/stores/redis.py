@@ -43,6 +43,7 @@ BEST_SELLERS = f"{PREFIX}best_sellers"
 USERS = f"{PREFIX}users"
 PURCHASE_COUNT = f"{PREFIX}purchase_count"
 CHANGES = f"{PREFIX}changes"
+SETTINGS = f"{PREFIX}settings"
 CHUNK = 1000  # commands per pipeline round trip
 
 # A for-sale set member is a rank, then the id: the created_at double's bits in 16 hex digits
@@ -90,15 +91,15 @@ local function log_change(key)
 end
 """
 
-# ARGV: prefix, now, then id, artist_id, features, embedding, edition_size, stock, metadata
-# per item. Returns {key, created (0 or 1)} per item.
+# ARGV: prefix, now, then id, artist_id, features, embedding, edition_size, stock, metadata,
+# model_version per item. Returns {key, created (0 or 1)} per item.
 UPSERT = (
     COMMON
     + """
 local now = ARGV[2]
 local result = {}
-for i = 3, #ARGV, 7 do
-  local id, artist, features, embedding, edition, stock, metadata = unpack(ARGV, i, i + 6)
+for i = 3, #ARGV, 8 do
+  local id, artist, features, embedding, edition, stock, metadata, version = unpack(ARGV, i, i + 7)
   local item = item_key(id)
   local key = redis.call('HGET', item, 'key')
   local created = 0
@@ -110,13 +111,30 @@ for i = 3, #ARGV, 7 do
   end
   redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
     'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
-    'deleted', 0)
+    'deleted', 0, 'model_version', version)
   redis.call('SADD', prefix .. 'live', id)
   refresh(id)
   log_change(key)
   table.insert(result, {tonumber(key), created})
 end
 return result
+"""
+)
+
+# ARGV: prefix, model_version, then key, updated_at, embedding per row. An item changed since
+# its updated_at was read keeps what it has. Returns how many rows were written.
+SET_EMBEDDINGS = (
+    COMMON
+    + """
+local written = 0
+for i = 3, #ARGV, 3 do
+  local id = redis.call('HGET', prefix .. 'keys', ARGV[i])
+  if id and redis.call('HGET', item_key(id), 'updated_at') == ARGV[i + 1] then
+    redis.call('HSET', item_key(id), 'embedding', ARGV[i + 2], 'model_version', ARGV[2])
+    written = written + 1
+  end
+end
+return written
 """
 )
 
@@ -245,6 +263,7 @@ class RedisStore:
         self._upsert = self._redis.register_script(UPSERT)
         self._delete = self._redis.register_script(DELETE)
         self._purchase = self._redis.register_script(PURCHASE)
+        self._set_embeddings = self._redis.register_script(SET_EMBEDDINGS)
 
     def upsert_items(self, items: list[NewItem]) -> UpsertResult:
         # Everything that can fail (encoding) happens here, before the script writes anything.
@@ -259,6 +278,7 @@ class RedisStore:
                 "" if item.edition_size is None else int(item.edition_size),
                 int(item.stock),
                 json.dumps(item.metadata),
+                item.model_version,
             ]
         created, updated, keys = [], [], []
         for item, (key, is_new) in zip(items, self._upsert(args=args), strict=True):
@@ -287,9 +307,40 @@ class RedisStore:
                 pipe.hmget(_item_key(item_id), *fields)
             yield from zip(chunk, pipe.execute(), strict=True)
 
-    def embeddings(self, item_ids: list[str]) -> dict[str, np.ndarray]:
-        rows = self._fields(item_ids, "embedding")
+    def embeddings(self, item_ids: list[str], model_version: str) -> dict[str, np.ndarray]:
+        rows = self._fields(item_ids, "embedding", "model_version")
+        wanted = model_version.encode()
+        return {
+            item_id: as_vector(blob)
+            for item_id, (blob, version) in rows
+            if blob is not None and (version or b"") == wanted
+        }
+
+    def features(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        rows = self._fields(item_ids, "features")
         return {item_id: as_vector(blob) for item_id, (blob,) in rows if blob is not None}
+
+    def set_embeddings(self, rows: list[tuple[int, float, np.ndarray]], model_version: str) -> int:
+        written = 0
+        for chunk in _chunks(rows):
+            args: list[str | bytes | int] = [PREFIX, model_version]
+            for key, updated_at, embedding in chunk:
+                args += [int(key), repr(float(updated_at)), as_blob(embedding)]
+            written += int(self._set_embeddings(args=args))
+        return written
+
+    def feature_dim(self) -> int | None:
+        some = self._redis.srandmember(LIVE)
+        if some is None:
+            return None
+        return self._redis.hstrlen(_item_key(some.decode()), "features") // 4
+
+    def get_setting(self, name: str) -> str | None:
+        value = self._redis.hget(SETTINGS, name)
+        return None if value is None else value.decode()
+
+    def set_setting(self, name: str, value: str) -> None:
+        self._redis.hset(SETTINGS, name, value)
 
     def for_sale(self, item_ids: list[str]) -> set[str]:
         rows = self._fields(item_ids, "stock", "deleted")
@@ -300,34 +351,22 @@ class RedisStore:
         if not unique:
             return []
         ids = [i.decode() for i in self._redis.hmget(KEYS, unique) if i is not None]
-        records = []
-        for start in range(0, len(ids), CHUNK):
-            pipe = self._redis.pipeline(transaction=False)
-            for item_id in ids[start : start + CHUNK]:
-                pipe.hmget(
-                    f"{PREFIX}item:{item_id}",
-                    "key",
-                    "artist_id",
-                    "embedding",
-                    "stock",
-                    "deleted",
-                    "updated_at",
-                )
-            for item_id, fields in zip(ids[start : start + CHUNK], pipe.execute(), strict=True):
-                key, artist, embedding, stock, deleted, updated = fields
-                if key is None:
-                    continue
-                records.append(
-                    IndexRecord(
-                        int(key),
-                        item_id,
-                        artist.decode(),
-                        as_vector(embedding),
-                        _for_sale(stock, deleted),
-                        float(updated),
-                    )
-                )
-        return records
+        fields = ("key", "artist_id", "embedding", "stock", "deleted", "updated_at")
+        return [
+            IndexRecord(
+                int(key),
+                item_id,
+                artist.decode(),
+                as_vector(embedding),
+                _for_sale(stock, deleted),
+                float(updated),
+                (version or b"").decode(),
+            )
+            for item_id, (key, artist, embedding, stock, deleted, updated, version) in self._fields(
+                ids, *fields, "model_version"
+            )
+            if key is not None
+        ]
 
     def delete_item(self, item_id: str) -> Item | None:
         fields = self._delete(args=[PREFIX, item_id, time.time()])
@@ -359,20 +398,23 @@ class RedisStore:
         keys: list[int] = []
         ids: list[str] = []
         artists: list[str] = []
-        blobs: list[bytes] = []
+        embeddings: list[np.ndarray] = []
+        versions: list[str] = []
+        updated: list[float] = []
         listed = _ids_from_members(self._redis.zrange(NEWEST, 0, -1))
-        rows = self._fields(listed, "key", "artist_id", "embedding", "stock", "deleted")
-        for item_id, (key, artist, blob, stock, gone) in rows:
+        fields = ("key", "artist_id", "embedding", "stock", "deleted", "model_version")
+        for item_id, (key, artist, blob, stock, gone, version, changed) in self._fields(
+            listed, *fields, "updated_at"
+        ):
             # The set was read before these hashes: keep only what is still for sale.
             if _for_sale(stock, gone):
                 keys.append(int(key))
                 ids.append(item_id)
                 artists.append(artist.decode())
-                blobs.append(blob)
-        if not keys:
-            return Catalogue(np.zeros(0, np.int64), [], [], np.zeros((0, 0), np.float32))
-        embeddings = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(keys), -1)
-        return Catalogue(np.array(keys, np.int64), ids, artists, embeddings)
+                embeddings.append(as_vector(blob))
+                versions.append((version or b"").decode())
+                updated.append(float(changed))
+        return Catalogue(np.array(keys, np.int64), ids, artists, embeddings, versions, updated)
 
     def best_sellers(self, limit: int) -> list[str]:
         if limit < 1:

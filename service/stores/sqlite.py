@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS items (
     metadata TEXT NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    deleted INTEGER NOT NULL DEFAULT 0
+    deleted INTEGER NOT NULL DEFAULT 0,
+    model_version TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS items_by_sales ON items (sold);
 CREATE INDEX IF NOT EXISTS items_by_age ON items (created_at);
@@ -57,6 +58,10 @@ CREATE TABLE IF NOT EXISTS purchases (
     timestamp REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS purchases_by_user ON purchases (user_id, timestamp, seq);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key INTEGER NOT NULL
@@ -148,19 +153,20 @@ class SQLiteStore:
                     item.edition_size,
                     item.stock,
                     json.dumps(item.metadata),
+                    item.model_version,
                     now,
                 )
                 row = db.execute(
                     "UPDATE items SET artist_id = ?, features = ?, embedding = ?, "
-                    "edition_size = ?, stock = ?, metadata = ?, updated_at = ?, deleted = 0 "
-                    "WHERE id = ? RETURNING key",
+                    "edition_size = ?, stock = ?, metadata = ?, model_version = ?, "
+                    "updated_at = ?, deleted = 0 WHERE id = ? RETURNING key",
                     (*values, item.id),
                 ).fetchone()
                 if row is None:
                     row = db.execute(
                         "INSERT INTO items (artist_id, features, embedding, edition_size, stock, "
-                        "metadata, updated_at, created_at, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                        "RETURNING key",
+                        "metadata, model_version, updated_at, created_at, id) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING key",
                         (*values, now, item.id),
                     ).fetchone()
                     created.append(item.id)
@@ -186,8 +192,37 @@ class SQLiteStore:
             )
         return rows
 
-    def embeddings(self, item_ids: list[str]) -> dict[str, np.ndarray]:
-        return {id_: as_vector(blob) for id_, blob in self._select_ids("id, embedding", item_ids)}
+    def embeddings(self, item_ids: list[str], model_version: str) -> dict[str, np.ndarray]:
+        rows = self._select_ids("id, embedding, model_version", item_ids)
+        return {id_: as_vector(blob) for id_, blob, version in rows if version == model_version}
+
+    def features(self, item_ids: list[str]) -> dict[str, np.ndarray]:
+        return {id_: as_vector(blob) for id_, blob in self._select_ids("id, features", item_ids)}
+
+    def set_embeddings(self, rows: list[tuple[int, float, np.ndarray]], model_version: str) -> int:
+        with self._write() as db:
+            cursor = db.executemany(
+                "UPDATE items SET embedding = ?, model_version = ? "
+                "WHERE key = ? AND updated_at = ?",
+                [(as_blob(e), model_version, int(k), u) for k, u, e in rows],
+            )
+            return cursor.rowcount
+
+    def feature_dim(self) -> int | None:
+        rows = self._read("SELECT length(features) FROM items LIMIT 1")
+        return rows[0][0] // 4 if rows else None
+
+    def get_setting(self, name: str) -> str | None:
+        rows = self._read("SELECT value FROM settings WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def set_setting(self, name: str, value: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO settings (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
 
     def for_sale(self, item_ids: list[str]) -> set[str]:
         return {row[0] for row in self._select_ids("id", item_ids, FOR_SALE)}
@@ -199,13 +234,13 @@ class SQLiteStore:
             chunk = unique[start : start + 500]
             marks = ",".join("?" * len(chunk))
             rows = self._read(
-                f"SELECT key, id, artist_id, embedding, {FOR_SALE}, updated_at FROM items "
-                f"WHERE key IN ({marks})",
+                f"SELECT key, id, artist_id, embedding, {FOR_SALE}, updated_at, model_version "
+                f"FROM items WHERE key IN ({marks})",
                 chunk,
             )
             records += [
-                IndexRecord(key, id_, artist, as_vector(blob), bool(selling), updated)
-                for key, id_, artist, blob, selling, updated in rows
+                IndexRecord(key, id_, artist, as_vector(blob), bool(selling), updated, version)
+                for key, id_, artist, blob, selling, updated, version in rows
             ]
         return records
 
@@ -257,12 +292,19 @@ class SQLiteStore:
         return [Purchase(item_id, timestamp) for item_id, timestamp in reversed(rows)]
 
     def catalogue(self) -> Catalogue:
-        rows = self._read(f"SELECT key, id, artist_id, embedding FROM items WHERE {FOR_SALE}")
-        if not rows:
-            return Catalogue(np.zeros(0, np.int64), [], [], np.zeros((0, 0), np.float32))
-        keys, ids, artists, blobs = zip(*rows, strict=True)
-        embeddings = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(rows), -1)
-        return Catalogue(np.array(keys, np.int64), list(ids), list(artists), embeddings)
+        rows = self._read(
+            "SELECT key, id, artist_id, embedding, model_version, updated_at FROM items "
+            f"WHERE {FOR_SALE}"
+        )
+        keys, ids, artists, blobs, versions, updated = list(zip(*rows, strict=True)) or [()] * 6
+        return Catalogue(
+            np.array(keys, np.int64),
+            list(ids),
+            list(artists),
+            [as_vector(blob) for blob in blobs],
+            list(versions),
+            list(updated),
+        )
 
     def best_sellers(self, limit: int) -> list[str]:
         rows = self._read(

@@ -17,12 +17,22 @@ def catalogue(n: int, seed: int = 0) -> Catalogue:
         keys=np.arange(100, 100 + n, dtype=np.int64),
         item_ids=[f"i{j}" for j in range(n)],
         artist_ids=[f"a{j % 7}" for j in range(n)],
-        embeddings=rng.normal(size=(n, DIM)).astype(np.float32),
+        embeddings=list(rng.normal(size=(n, DIM)).astype(np.float32)),
+        model_versions=["m"] * n,
+        updated_at=[0.0] * n,
     )
 
 
+def filled(kind: str, data: Catalogue) -> ItemIndex:
+    index = ItemIndex(DIM, kind)
+    index.upsert(
+        data.keys, data.item_ids, data.artist_ids, np.stack(data.embeddings), data.updated_at
+    )
+    return index
+
+
 def brute_force(data: Catalogue, query: np.ndarray, k: int, keep=lambda j: True) -> list[str]:
-    scores = data.embeddings @ query
+    scores = np.stack(data.embeddings) @ query
     order = [j for j in np.argsort(-scores, kind="stable") if keep(j)]
     return [data.item_ids[j] for j in order[:k]]
 
@@ -34,8 +44,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 def test_search_matches_brute_force(kind: str) -> None:
     data = catalogue(500)
-    index = ItemIndex(DIM, kind)
-    index.rebuild(data)
+    index = filled(kind, data)
     query = np.random.default_rng(1).normal(size=DIM).astype(np.float32)
     found = [hit.item_id for hit in index.search(query, 10)]
     expected = brute_force(data, query, 10)
@@ -49,8 +58,7 @@ def test_search_matches_brute_force(kind: str) -> None:
 
 def test_filters(kind: str) -> None:
     data = catalogue(300)
-    index = ItemIndex(DIM, kind)
-    index.rebuild(data)
+    index = filled(kind, data)
     query = data.embeddings[0]
     artists = np.array(data.artist_ids)
     only = index.search(query, 300, include_artists={"a1", "a2"})
@@ -68,8 +76,7 @@ def test_filters(kind: str) -> None:
 
 def test_replace_and_remove(kind: str) -> None:
     data = catalogue(50)
-    index = ItemIndex(DIM, kind)
-    index.rebuild(data)
+    index = filled(kind, data)
     query = data.embeddings[3]
     index.upsert([103], ["i3"], ["new-artist"], -query[None], [1.0])  # i3 now points away
     assert len(index) == 50
@@ -85,8 +92,7 @@ def test_replace_and_remove(kind: str) -> None:
 
 def test_hnsw_compacts_when_tombstones_pile_up() -> None:
     data = catalogue(100)
-    index = ItemIndex(DIM, "hnsw")
-    index.rebuild(data)
+    index = filled("hnsw", data)
     doomed = int(100 * REBUILD_TOMBSTONE_SHARE) + 1
     index.remove(list(data.keys[:doomed]))
     assert index._faiss.ntotal == 100 - doomed  # rebuilt without the removed vectors

@@ -25,6 +25,7 @@ def new_item(
         edition_size=edition,
         stock=stock,
         metadata={"title": f"work {item_id}"},
+        model_version="m1",
     )
 
 
@@ -199,6 +200,41 @@ def test_concurrent_buyers_of_one_unique_item_sell_it_once(store_url: str) -> No
     assert setup.counts().purchases == 20
     for opened in [setup, *stores]:
         opened.close()
+
+
+def test_embeddings_are_kept_per_model_and_features_for_any(store: Store) -> None:
+    store.upsert_items([new_item("a"), new_item("b", seed=1)])
+    store.delete_item("b")
+    assert set(store.embeddings(["a", "b", "ghost"], "m1")) == {"a", "b"}
+    assert store.embeddings(["a"], "m2") == {}
+    features = store.features(["a", "b", "ghost"])
+    np.testing.assert_array_equal(features["b"], new_item("b", seed=1).features)
+    assert set(features) == {"a", "b"}
+    assert store.feature_dim() == F
+
+
+def test_set_embeddings_skips_items_changed_since_they_were_read(store: Store) -> None:
+    keys = store.upsert_items([new_item("a"), new_item("b", seed=1)]).keys
+    catalogue = store.catalogue()
+    updated = dict(zip(catalogue.keys.tolist(), catalogue.updated_at, strict=True))
+    assert catalogue.model_versions == ["m1", "m1"]
+    store.upsert_items([new_item("b", seed=2)])  # b changes after the read
+    new_vectors = np.ones((2, E), np.float32)
+    rows = [(k, updated[k], v) for k, v in zip(keys, new_vectors, strict=True)]
+    assert store.set_embeddings(rows, "m2") == 1
+    assert set(store.embeddings(["a", "b"], "m2")) == {"a"}
+    np.testing.assert_array_equal(store.embeddings(["a"], "m2")["a"], new_vectors[0])
+    record = {r.id: r for r in store.index_records(keys)}
+    assert (record["a"].model_version, record["b"].model_version) == ("m2", "m1")
+
+
+def test_settings_and_an_empty_store(store: Store) -> None:
+    assert store.feature_dim() is None
+    assert store.get_setting("model_dir") is None
+    store.set_setting("model_dir", "/models/a")
+    store.set_setting("model_dir", "/models/b")
+    assert store.get_setting("model_dir") == "/models/b"
+    assert store.catalogue().item_ids == []
 
 
 def test_unsupported_url_is_refused() -> None:
