@@ -125,6 +125,11 @@ class SQLiteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+            if "model_version" not in columns:  # a store made before embeddings were tagged
+                self._db.execute(
+                    "ALTER TABLE items ADD COLUMN model_version TEXT NOT NULL DEFAULT ''"
+                )
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:

@@ -1,0 +1,156 @@
+"""Rolling out another model: re-embedding the stored catalogue, the swap, the fleet, refusals."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from service.recommender import FeatureDimensionMismatch
+from tests.service.helpers import DEFAULT_MODEL, LiveService, random_item
+
+
+def exported(directory: Path, feature_dim: int, embedding_dim: int) -> Path:
+    """A real export (untrained towers) of another shape than models/default."""
+    from training.export import export_model
+    from training.model import CuratorNet, ModelConfig
+
+    config = ModelConfig(item_layers=(64, embedding_dim), user_layers=(64, embedding_dim))
+    model = CuratorNet(np.zeros(feature_dim), np.ones(feature_dim), config)
+    export_model(model, directory, {"purpose": "roll-out tests"})
+    return directory
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported(tmp_path_factory.mktemp("models") / "other", 2048, 32)
+
+
+@pytest.fixture(scope="module")
+def narrow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported(tmp_path_factory.mktemp("models") / "narrow", 16, 32)
+
+
+def app_for(store_url: str, model_dir: Path, **settings) -> TestClient:
+    return TestClient(create_app(Settings(model_dir=model_dir, store_url=store_url, **settings)))
+
+
+def load_catalogue(client: TestClient) -> None:
+    items = [random_item(f"w{i}", artist=f"a{i % 3}", seed=i) for i in range(30)]
+    assert client.post("/items", json={"items": items}).status_code == 200
+    client.post("/purchases", json={"user_id": "u", "item_ids": ["w0", "w1"]})
+    client.delete("/items/w2")
+
+
+def test_admin_rollout_reembeds_the_catalogue_and_swaps(store_url: str, other_model: Path):
+    with app_for(store_url, DEFAULT_MODEL) as client:
+        load_catalogue(client)
+        before = client.post("/recommend", json={"user_id": "u", "k": 5}).json()
+        response = client.post("/admin/model", json={"model_dir": str(other_model)})
+        assert response.status_code == 200, response.text
+        rollout = response.json()
+        assert rollout["version"] != before["model_version"]
+        assert rollout["indexed"] == 27  # 30 posted, 2 sold, 1 deleted
+        assert rollout["embedded"] == 27
+        assert client.get("/model").json()["embedding_dim"] == 32
+        after = client.post("/recommend", json={"user_id": "u", "k": 27}).json()
+        assert after["model_version"] == rollout["version"]
+        assert after["strategy"] == "personalized"
+        assert len(after["items"]) == 27  # sold, deleted and bought works stay out
+        # an upload after the roll-out is embedded by the new model
+        assert client.post("/items", json=random_item("late", seed=99)).status_code == 200
+        assert client.get("/readyz").json()["index_size"] == 28
+        metrics = client.get("/metrics").text
+        assert f'version="{rollout["version"]}"' in metrics
+    # a restart with the unchanged setting (a crashed replica coming back) keeps the roll-out,
+    # and finds every embedding already computed by the new model
+    with app_for(store_url, DEFAULT_MODEL) as client:
+        assert client.get("/model").json()["version"] == rollout["version"]
+        assert client.get("/readyz").json()["index_size"] == 28
+
+
+def test_restart_with_a_new_setting_rolls_out(store_url: str, other_model: Path) -> None:
+    with app_for(store_url, DEFAULT_MODEL) as client:
+        load_catalogue(client)
+        old = client.get("/model").json()["version"]
+    with app_for(store_url, other_model) as client:
+        assert client.get("/model").json()["version"] != old
+        assert client.get("/readyz").json()["index_size"] == 27
+        explained = client.post("/recommend", json={"user_id": "u", "k": 3, "explain": True})
+        assert explained.status_code == 200
+        assert explained.json()["items"][0]["because"][0]["item_id"] in {"w0", "w1"}
+
+
+def test_a_model_for_other_features_is_refused(store_url: str, narrow_model: Path) -> None:
+    with app_for(store_url, DEFAULT_MODEL) as client:
+        load_catalogue(client)
+        version = client.get("/model").json()["version"]
+        refused = client.post("/admin/model", json={"model_dir": str(narrow_model)})
+        assert refused.status_code == 409
+        assert "takes 16-d features, but the stored artworks have 2048-d" in refused.text
+        missing = client.post("/admin/model", json={"model_dir": "/nowhere"})
+        assert missing.status_code == 422
+        assert "manifest.json" in missing.text
+        assert client.get("/model").json()["version"] == version  # still serving
+        assert client.post("/recommend", json={"user_id": "u"}).status_code == 200
+    with (
+        pytest.raises(FeatureDimensionMismatch, match="16-d features"),
+        app_for(store_url, narrow_model),
+    ):
+        pass
+
+
+def test_rollout_needs_the_api_key(store_url: str, other_model: Path) -> None:
+    with app_for(store_url, DEFAULT_MODEL, api_key="k") as client:
+        body = {"model_dir": str(other_model)}
+        assert client.post("/admin/model", json=body).status_code == 401
+        assert client.post("/admin/model", json=body, headers={"X-API-Key": "k"}).status_code == 200
+
+
+def test_the_fleet_follows_and_keeps_answering(tmp_path: Path, other_model: Path) -> None:
+    """Two processes on one store: roll out through one, the other follows; no request fails."""
+    store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    first = LiveService(store_url)
+    second = LiveService(store_url)
+    try:
+        items = [random_item(f"w{i}", seed=i) for i in range(300)]
+        first.client.post("/items", json={"items": items})
+        first.client.post("/purchases", json={"user_id": "u", "item_ids": ["w0"]})
+        synced_by = time.monotonic() + 1
+        while second.client.get("/readyz").json()["index_size"] != 299:
+            assert time.monotonic() < synced_by
+            time.sleep(0.05)
+        failures: list[str] = []
+        stop = threading.Event()
+
+        def hammer(service: LiveService) -> None:
+            with httpx.Client(base_url=service.url, timeout=30) as http:
+                while not stop.is_set():
+                    response = http.post("/recommend", json={"user_id": "u", "k": 10})
+                    if response.status_code != 200 or len(response.json()["items"]) != 10:
+                        failures.append(response.text)
+
+        threads = [threading.Thread(target=hammer, args=(s,)) for s in (first, second)]
+        for thread in threads:
+            thread.start()
+        response = first.client.post("/admin/model", json={"model_dir": str(other_model)})
+        version = response.json()["version"]
+        deadline = time.monotonic() + 30
+        while second.client.get("/model").json()["version"] != version:
+            assert time.monotonic() < deadline, "the second process did not follow"
+            time.sleep(0.1)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        assert second.client.get("/readyz").json()["index_size"] == 299
+    finally:
+        first.stop()
+        second.stop()
