@@ -19,8 +19,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     CURATORNET_MODEL_DIR=/app/models/default \
     CURATORNET_STORE_URL=sqlite:////data/curatornet.db
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin curatornet \
-    && mkdir -p /data \
-    && chown curatornet /data
+    && mkdir -p /data /models \
+    && chown curatornet /data /models
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY models/default ./models/default

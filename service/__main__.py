@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="first load the synthetic art market into the store if it holds no items",
     )
+    parser.add_argument(
+        "--demo-only",
+        action="store_true",
+        help="load the synthetic art market as --demo does, then exit without serving",
+    )
     args = parser.parse_args(argv)
     for option, variable in OPTIONS.items():
         value = getattr(args, option)
@@ -46,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[variable] = str(value)
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    if args.demo:
+    if args.demo or args.demo_only:
         _load_demo(settings)
+    if args.demo_only:
+        return 0
     _serve(settings)
     return 0
 

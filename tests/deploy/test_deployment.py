@@ -82,7 +82,7 @@ def test_compose_names_the_services_and_their_wiring(compose: dict) -> None:
     assert trainer["profiles"] == ["train"]
     assert "models:/models" in trainer["volumes"]
     assert "models:/models:ro" in api["volumes"]
-    assert set(compose["volumes"]) == {"redis-data", "models"}
+    assert set(compose["volumes"]) == {"redis-data", "models", "data"}
 
 
 def test_dockerfiles_pass_hadolint() -> None:
