@@ -114,9 +114,8 @@ def test_rollout_needs_the_api_key(store_url: str, other_model: Path) -> None:
         assert client.post("/admin/model", json=body, headers={"X-API-Key": "k"}).status_code == 200
 
 
-def test_the_fleet_follows_and_keeps_answering(tmp_path: Path, other_model: Path) -> None:
+def test_the_fleet_follows_and_keeps_answering(store_url: str, other_model: Path) -> None:
     """Two processes on one store: roll out through one, the other follows; no request fails."""
-    store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
     first = LiveService(store_url)
     second = LiveService(store_url)
     try:
