@@ -81,7 +81,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None) -> ort.SessionOptions:
     """With `threads`, a fixed pool that never spins: a server runs one process per core, and
     ONNX Runtime's default (a thread per core, spinning between calls) would have them fight."""
     options = ort.SessionOptions()
@@ -110,7 +110,7 @@ def _open_tower(
         )
     try:
         session = ort.InferenceSession(
-            str(path), _session_options(threads), providers=["CPUExecutionProvider"]
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
         )
     except Exception as error:  # onnxruntime raises its own untyped errors
         raise ModelError(f"{path}: ONNX Runtime cannot load it ({error})") from None

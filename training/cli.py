@@ -1,4 +1,4 @@
-"""Command line: `synth`, `stats`, `convert`, `train`, `evaluate`.
+"""Command line: `synth`, `stats`, `convert`, `train`, `evaluate`, `export-encoder`.
 
 TensorFlow is imported only by `train` and `evaluate`, so the data commands run without
 the train extra.
@@ -194,6 +194,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_encoder(args: argparse.Namespace) -> int:
+    from training.image_encoder import export_encoder
+
+    manifest = export_encoder(args.out)
+    print(f"wrote {args.out / manifest['file']} ({manifest['output_dim']}-d features)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(run=_evaluate)
+
+    encoder = commands.add_parser(
+        "export-encoder", help="export the ImageNet-pretrained image encoder to ONNX"
+    )
+    encoder.add_argument("--out", type=Path, default=Path("models/encoders"))
+    encoder.set_defaults(run=_export_encoder)
     return parser
 
 
