@@ -25,6 +25,8 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(1000, ge=1, description="items per POST /items")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
     max_metadata_bytes: int = Field(4096, ge=64, description="JSON size of one item's metadata")
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="one uploaded image")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="decompression-bomb guard")
     max_k: int = Field(500, ge=1, description="largest k a request may ask for")
     sync_interval_s: float = Field(
         0.2, gt=0, le=5, description="how often other processes' changes are applied"

@@ -7,10 +7,13 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnxruntime as ort
+
+if TYPE_CHECKING:
+    from service.images import ImageEncoder
 
 SUPPORTED_FORMAT_VERSIONS = {1}
 
@@ -33,6 +36,7 @@ class LoadedModel:
     manifest: dict[str, Any]
     item_session: ort.InferenceSession
     user_session: ort.InferenceSession
+    image_encoder: ImageEncoder | None = None  # when the manifest names one
 
     @property
     def version(self) -> str:
@@ -159,4 +163,30 @@ def load_model(directory: Path | str, threads: int | None = None) -> LoadedModel
                 f"{directory / manifest[tower]['file']}: {name} has shape {actual}, but the "
                 f"manifest's feature_dim={feature_dim}, embedding_dim={embedding_dim} need {shape}"
             )
-    return LoadedModel(directory=directory, manifest=manifest, item_session=item, user_session=user)
+    return LoadedModel(
+        directory=directory,
+        manifest=manifest,
+        item_session=item,
+        user_session=user,
+        image_encoder=_image_encoder(directory, manifest, threads),
+    )
+
+
+def _image_encoder(
+    directory: Path, manifest: dict[str, Any], threads: int | None
+) -> ImageEncoder | None:
+    """The CNN that turns images into this model's features, when the manifest names one."""
+    named = manifest.get("feature_extractor")
+    if not named:
+        return None
+    if not isinstance(named, dict) or "manifest" not in named:
+        raise ModelError(f"{directory / 'manifest.json'}: feature_extractor needs a 'manifest'")
+    from service.images import load_image_encoder
+
+    encoder = load_image_encoder(directory / named["manifest"], threads)
+    if encoder.output_dim != manifest["feature_dim"]:
+        raise ModelError(
+            f"{directory}: its image encoder {encoder.name} gives {encoder.output_dim}-d "
+            f"features, the model takes {manifest['feature_dim']}"
+        )
+    return encoder

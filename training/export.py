@@ -140,7 +140,12 @@ def parity_error(model: CuratorNet, directory: Path, seed: int = 0) -> float:
     return worst
 
 
-def export_model(model: CuratorNet, directory: Path | str, details: dict) -> dict:
+def export_model(
+    model: CuratorNet,
+    directory: Path | str,
+    details: dict,
+    feature_extractor: dict | None = None,
+) -> dict:
     """Write both ONNX files and the manifest; refuse to finish if parity fails."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -154,7 +159,7 @@ def export_model(model: CuratorNet, directory: Path | str, details: dict) -> dic
         "format_version": FORMAT_VERSION,
         "feature_dim": model.feature_dim,
         "embedding_dim": e,
-        "feature_extractor": None,
+        "feature_extractor": feature_extractor,
         "score": "dot",
         "item_tower": {
             "file": ITEM_FILE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -12,11 +13,15 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from service.api.deps import RecommenderDep, SettingsDep, WriteAccess
 from service.api.schemas import Identifier, RecommendedItem
 from service.config import Settings
+from service.encoders import LoadedModel
+from service.images import ImageError, decode
 from service.recommender import ItemDraft, Recommender
 
 router = APIRouter(tags=["items"])
@@ -46,6 +51,11 @@ class ItemIn(BaseModel):
         description="instead of features: the vector as little-endian float32 bytes in base64, "
         "a third of the size and several times faster to ingest",
     )
+    image_b64: str | None = Field(
+        None,
+        description="instead of features: a JPEG, PNG or WebP image in base64, for a model "
+        "whose manifest names an image encoder",
+    )
     edition_size: int | None = Field(
         None, ge=1, description="prints in the edition; leave out for a one-of-a-kind work"
     )
@@ -56,8 +66,9 @@ class ItemIn(BaseModel):
 
     @model_validator(mode="after")
     def one_feature_encoding(self) -> ItemIn:
-        if (self.features is None) == (self.features_b64 is None):
-            raise ValueError("give exactly one of features or features_b64")
+        given = [self.features, self.features_b64, self.image_b64]
+        if sum(value is not None for value in given) != 1:
+            raise ValueError("give exactly one of features, features_b64 or image_b64")
         return self
 
     @model_validator(mode="after")
@@ -117,7 +128,21 @@ UPLOAD_SCHEMA = {
                         {"$ref": "#/components/schemas/ItemBatch"},
                     ]
                 }
-            }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["id", "artist_id", "image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "id": {"type": "string"},
+                        "artist_id": {"type": "string"},
+                        "edition_size": {"type": "integer"},
+                        "stock": {"type": "integer"},
+                        "metadata": {"type": "string", "description": "a JSON object"},
+                    },
+                }
+            },
         },
     }
 }
@@ -165,21 +190,29 @@ def _features(item: ItemIn, feature_dim: int) -> tuple[np.ndarray, str, str | No
 
 
 def _drafts(
-    items: list[ItemIn], feature_dim: int, max_metadata: int, batch: bool
+    items: list[ItemIn], model: LoadedModel, settings: Settings, batch: bool
 ) -> list[ItemDraft]:
     errors, drafts, seen = [], [], {}
+    images: dict[int, Image.Image] = {}
     for n, item in enumerate(items):
         where = ("body", "items", n) if batch else ("body",)
-        features, field, problem = _features(item, feature_dim)
-        if problem:
-            errors.append(((*where, field), problem))
-        elif not np.isfinite(features).all():
-            bad = int(np.flatnonzero(~np.isfinite(features))[0])
-            errors.append(((*where, field, bad), "NaN or infinite values are not features"))
+        if item.image_b64 is not None:
+            features = np.zeros(model.feature_dim, np.float32)  # filled in once all are valid
+            problem = _image(item.image_b64, model, settings, images, n)
+            if problem:
+                errors.append(((*where, "image_b64"), problem))
+        else:
+            features, field, problem = _features(item, model.feature_dim)
+            if problem:
+                errors.append(((*where, field), problem))
+            elif not np.isfinite(features).all():
+                bad = int(np.flatnonzero(~np.isfinite(features))[0])
+                errors.append(((*where, field, bad), "NaN or infinite values are not features"))
         metadata = item.metadata.model_dump(exclude_none=True)
         size = len(json.dumps(metadata))
-        if size > max_metadata:
-            errors.append(((*where, "metadata"), f"{size} bytes of JSON, at most {max_metadata}"))
+        if size > settings.max_metadata_bytes:
+            limit = settings.max_metadata_bytes
+            errors.append(((*where, "metadata"), f"{size} bytes of JSON, at most {limit}"))
         if item.id in seen:
             errors.append(((*where, "id"), f"{item.id!r} repeats entry {seen[item.id]}"))
         seen[item.id] = n
@@ -197,7 +230,37 @@ def _drafts(
         raise RequestValidationError(
             [{"type": "value_error", "loc": loc, "msg": msg, "input": None} for loc, msg in errors]
         )
+    if images and model.image_encoder is not None:
+        rows = list(images)
+        for n, features in zip(
+            rows, model.image_encoder.encode(list(images.values())), strict=True
+        ):
+            drafts[n] = dataclasses.replace(drafts[n], features=features)
     return drafts
+
+
+def _image(
+    encoded: str,
+    model: LoadedModel,
+    settings: Settings,
+    images: dict[int, Image.Image],
+    n: int,
+) -> str | None:
+    """Decode entry n's image into `images`, or say what is wrong with it."""
+    if model.image_encoder is None:
+        return (
+            f"the model being served ({model.version}) takes feature vectors: its manifest "
+            "names no image encoder"
+        )
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except binascii.Error as error:
+        return f"not base64 ({error})"
+    try:
+        images[n] = decode(data, settings.max_image_bytes, settings.max_image_pixels)
+    except ImageError as error:
+        return str(error)
+    return None
 
 
 @router.post(
@@ -211,10 +274,50 @@ def _drafts(
 async def upload_items(
     request: Request, recommender: RecommenderDep, settings: SettingsDep
 ) -> UpsertOut:
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        body = await _multipart_item(request, recommender.model, settings)
+        return await run_in_threadpool(_upload_parsed, body, recommender, settings)
     raw = await request.body()
     # Parsing, validating and embedding a full batch takes a fraction of a second of CPU:
     # done in the thread pool, it does not stall the event loop's other requests.
     return await run_in_threadpool(_upload, raw, recommender, settings)
+
+
+MULTIPART_FIELDS = {"id", "artist_id", "edition_size", "stock", "metadata", "image"}
+
+
+async def _multipart_item(request: Request, model: LoadedModel, settings: Settings) -> dict:
+    """One artwork from a form: `image` (the file), `id`, `artist_id`, and optionally
+    `edition_size`, `stock` and `metadata` (a JSON object). Image problems get their own
+    status: 413 too large, 415 not JPEG/PNG/WebP, 422 corrupt or truncated."""
+    form = await request.form(max_files=1, max_fields=len(MULTIPART_FIELDS))
+    unknown = sorted(set(form) - MULTIPART_FIELDS)
+    if unknown:
+        raise HTTPException(422, f"unknown form field(s) {unknown}; use {sorted(MULTIPART_FIELDS)}")
+    upload = form.get("image")
+    if not isinstance(upload, StarletteUploadFile):
+        raise HTTPException(422, "the form needs the artwork as a file field named 'image'")
+    if model.image_encoder is None:
+        raise HTTPException(
+            422,
+            f"the model being served ({model.version}) takes feature vectors: its manifest "
+            "names no image encoder",
+        )
+    data = await upload.read(settings.max_image_bytes + 1)
+    try:
+        decode(data, settings.max_image_bytes, settings.max_image_pixels)
+    except ImageError as error:
+        raise HTTPException(error.status, f"image: {error}") from None
+    body: dict[str, Any] = {
+        key: value for key, value in form.items() if key not in ("image", "metadata")
+    }
+    if "metadata" in form:
+        try:
+            body["metadata"] = json.loads(str(form["metadata"]))
+        except json.JSONDecodeError as error:
+            raise HTTPException(422, f"metadata: not a JSON object ({error})") from None
+    body["image_b64"] = base64.b64encode(data).decode()
+    return body
 
 
 def _upload(raw: bytes, recommender: Recommender, settings: Settings) -> UpsertOut:
@@ -222,9 +325,13 @@ def _upload(raw: bytes, recommender: Recommender, settings: Settings) -> UpsertO
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise HTTPException(400, f"the body is not valid JSON: {error}") from None
+    return _upload_parsed(body, recommender, settings)
+
+
+def _upload_parsed(body: Any, recommender: Recommender, settings: Settings) -> UpsertOut:
     items = _parse(body, settings.max_batch_items)
     batch = isinstance(body, dict) and "items" in body
-    drafts = _drafts(items, recommender.model.feature_dim, settings.max_metadata_bytes, batch)
+    drafts = _drafts(items, recommender.model, settings, batch)
     result = recommender.add_items(drafts)
     return UpsertOut(
         created=result.created, updated=result.updated, index_size=len(recommender.index)
