@@ -7,6 +7,7 @@ the train extra.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -41,11 +42,23 @@ def _load(args: argparse.Namespace):
 
 def _synth(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    market = generate(MarketConfig().scaled(args.scale), seed=args.seed)
+    market = generate(MarketConfig().scaled(args.scale), seed=args.seed, features=not args.images)
+    if args.images:
+        from service.images import load_image_encoder
+        from training.painter import paint_market
+
+        encoder = load_image_encoder(args.encoder)
+        features = paint_market(
+            market.truth.item_style, market.dataset.item_ids, args.out / "images", encoder
+        )
+        market = dataclasses.replace(
+            market, dataset=dataclasses.replace(market.dataset, features=features)
+        )
     save_market(market, args.out)
     elapsed = time.perf_counter() - started
+    painted = f", painted in pixels and encoded by {args.encoder.stem}" if args.images else ""
     print(
-        f"wrote a synthetic market (seed {args.seed}, scale {args.scale}) to {args.out} "
+        f"wrote a synthetic market (seed {args.seed}, scale {args.scale}{painted}) to {args.out} "
         f"in {elapsed:.1f} s"
     )
     print(format_table(describe(market.dataset)))
@@ -214,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=1.0,
         help="grow or shrink items, users and artists (default 1)",
+    )
+    synth.add_argument(
+        "--images",
+        action="store_true",
+        help="paint every artwork (OUT/images/<id>.png) and use the image encoder's features",
+    )
+    synth.add_argument(
+        "--encoder",
+        type=Path,
+        default=Path("models/encoders/efficientnet-lite0.json"),
+        help="image encoder manifest for --images",
     )
     synth.set_defaults(run=_synth)
 
