@@ -41,7 +41,7 @@ class ItemDraft:
     artist_id: str
     features: np.ndarray
     edition_size: int | None
-    stock: int
+    stock: int | None  # None: the store's default (see NewItem)
     metadata: dict[str, Any]
 
 
@@ -199,29 +199,30 @@ class Recommender:
             for d, e in zip(drafts, embeddings, strict=True)
         ]
         result = self.store.upsert_items(items)
-        # Index what was just stored without reading it back; when the change log names these
-        # keys again, the version check makes that a no-op.
-        selling = [n for n, d in enumerate(drafts) if d.stock > 0]
-        serving.index.remove([k for n, k in enumerate(result.keys) if drafts[n].stock == 0])
-        serving.index.upsert(
-            [result.keys[n] for n in selling],
-            [drafts[n].id for n in selling],
-            [drafts[n].artist_id for n in selling],
-            embeddings[selling],
-            [result.updated_at] * len(selling),
-        )
+        self._refresh(result.keys)
         return result
 
     def delete_item(self, item_id: str) -> Item | None:
         item = self.store.delete_item(item_id)
         if item is not None:
-            self.index.remove([item.key])
+            self._refresh([item.key])
         return item
 
     def purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
         sale = self.store.record_purchase(user_id, item_ids, timestamp)
-        self.index.remove(sale.sold_out_keys)
+        self._refresh(sale.sold_out_keys)
         return sale
+
+    def _refresh(self, keys: list[int]) -> None:
+        """Bring this process's index in line with the store for keys it just changed.
+
+        Always from a fresh read of the store and under the follower's lock, so two writes to
+        one artwork racing with a follower tick can never leave the older one in the index.
+        The artworks just embedded carry this model's version: nothing is embedded twice.
+        """
+        if keys:
+            with self._follow_lock:
+                self._apply(self.serving, keys)
 
     def follow_changes(self) -> int:
         """Apply every change logged since the last call (by any process); returns how many."""
@@ -327,7 +328,8 @@ class Recommender:
             stale = [h.key for h in hits if h.item_id not in live]
             if not stale:
                 return hits
-            self._apply(serving, stale)
+            with self._follow_lock:
+                self._apply(serving, stale)
         return [h for h in hits if h.item_id in live]
 
     def _explained(

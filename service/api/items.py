@@ -60,7 +60,10 @@ class ItemIn(BaseModel):
         None, ge=1, description="prints in the edition; leave out for a one-of-a-kind work"
     )
     stock: int | None = Field(
-        None, ge=0, description="units for sale now (default: 1, or the edition size)"
+        None,
+        ge=0,
+        description="units for sale now (default: the edition size, 1 for one-of-a-kind; "
+        "when replacing a work, what it has left)",
     )
     metadata: ItemMetadata = Field(default_factory=ItemMetadata)
 
@@ -222,7 +225,7 @@ def _drafts(
                 artist_id=item.artist_id,
                 features=features,
                 edition_size=item.edition_size,
-                stock=item.stock if item.stock is not None else (item.edition_size or 1),
+                stock=item.stock,
                 metadata=metadata,
             )
         )

@@ -39,7 +39,9 @@ class NewItem:
     features: np.ndarray  # float32 [F], kept so a future model can re-embed the catalogue
     embedding: np.ndarray  # float32 [E]
     edition_size: int | None  # None: one-of-a-kind
-    stock: int  # units left for sale
+    # Units for sale. None: a new work offers its whole edition (1 for one-of-a-kind); a
+    # replaced one keeps its stock, so correcting a title never puts sold prints back on sale.
+    stock: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
     model_version: str = ""  # the model that computed `embedding`
 

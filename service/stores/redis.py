@@ -109,6 +109,16 @@ for i = 3, #ARGV, 8 do
     redis.call('HSET', prefix .. 'keys', key, id)
     created = 1
   end
+  if stock == '' then
+    -- unspecified: a new work offers its edition; a replaced one keeps what is left unsold
+    local units = tonumber(edition) or 1
+    if created == 1 then
+      stock = units
+    else
+      local left = units - tonumber(redis.call('HGET', item, 'sold'))
+      stock = math.min(tonumber(redis.call('HGET', item, 'stock')), math.max(left, 0))
+    end
+  end
   redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
     'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
     'deleted', 0, 'model_version', version)
@@ -276,7 +286,7 @@ class RedisStore:
                 as_blob(item.features),
                 as_blob(item.embedding),
                 "" if item.edition_size is None else int(item.edition_size),
-                int(item.stock),
+                "" if item.stock is None else int(item.stock),
                 json.dumps(item.metadata),
                 item.model_version,
             ]

@@ -161,18 +161,21 @@ class SQLiteStore:
                     item.model_version,
                     now,
                 )
+                # An unspecified stock keeps what is left, within what the edition leaves unsold.
                 row = db.execute(
                     "UPDATE items SET artist_id = ?, features = ?, embedding = ?, "
-                    "edition_size = ?, stock = ?, metadata = ?, model_version = ?, "
-                    "updated_at = ?, deleted = 0 WHERE id = ? RETURNING key",
-                    (*values, item.id),
+                    "edition_size = ?, stock = COALESCE(?, MIN(stock, MAX(COALESCE(?, 1) - sold, "
+                    "0))), metadata = ?, model_version = ?, updated_at = ?, deleted = 0 "
+                    "WHERE id = ? RETURNING key",
+                    (*values[:5], item.edition_size, *values[5:], item.id),
                 ).fetchone()
                 if row is None:
+                    initial = item.stock if item.stock is not None else (item.edition_size or 1)
                     row = db.execute(
                         "INSERT INTO items (artist_id, features, embedding, edition_size, stock, "
                         "metadata, model_version, updated_at, created_at, id) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING key",
-                        (*values, now, item.id),
+                        (*values[:4], initial, *values[5:], now, item.id),
                     ).fetchone()
                     created.append(item.id)
                 else:

@@ -147,6 +147,27 @@ def test_change_log_names_every_key_whose_index_entry_changed(store: Store) -> N
     assert by_key[keys[0]].updated_at == store.get_items(["a"])["a"].updated_at
 
 
+def test_replacing_a_work_without_a_stock_keeps_what_is_left(store: Store) -> None:
+    store.upsert_items([new_item("print", stock=3, edition=3), new_item("unique")])
+    store.record_purchase("u", ["print", "print", "unique"], 1.0)
+    fixed = [
+        NewItem(i.id, i.artist_id, i.features, i.embedding, i.edition_size, None, {"t": "fixed"})
+        for i in (new_item("print", edition=3), new_item("unique"))
+    ]
+    store.upsert_items(fixed)
+    items = store.get_items(["print", "unique"])
+    assert (items["print"].stock, items["print"].sold) == (1, 2)
+    assert (items["unique"].stock, items["unique"].sold) == (0, 1)  # still sold
+    smaller = NewItem("print", "a1", fixed[0].features, fixed[0].embedding, 2, None)
+    store.upsert_items([smaller])  # an edition cut to 2 with 2 sold has none left
+    assert store.get_items(["print"])["print"].stock == 0
+    store.upsert_items([NewItem("print", "a1", fixed[0].features, fixed[0].embedding, 5, 2)])
+    assert store.get_items(["print"])["print"].stock == 2  # an explicit stock is a restock
+    new = NewItem("fresh", "a1", fixed[0].features, fixed[0].embedding, 4, None)
+    store.upsert_items([new])
+    assert store.get_items(["fresh"])["fresh"].stock == 4
+
+
 def test_reposting_a_deleted_item_brings_it_back(store: Store) -> None:
     store.upsert_items([new_item("a")])
     store.delete_item("a")
