@@ -7,6 +7,7 @@ processes serving the same store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -18,11 +19,10 @@ from fastapi.responses import JSONResponse
 
 from service.api import admin, health, items, purchases, recommend, users
 from service.config import Settings
-from service.encoders import load_model
 from service.index import ItemIndex
 from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.recommender import Recommender
-from service.rollout import FleetFollower, model_dir_at_start
+from service.rollout import FleetFollower, load, model_dir_at_start, record_started
 from service.stores import open_store
 from service.stores.base import NotForSaleError, UnknownItemsError
 
@@ -33,12 +33,22 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def _follow(
     recommender: Recommender, fleet: FleetFollower, interval: float, stop: threading.Event
 ) -> None:
+    """Every tick: follow the fleet's model, then the change log. After the store was
+    unreachable, rebuild from it: entries may have been lost or trimmed meanwhile."""
+    reachable = True
     while not stop.wait(interval):
-        try:
+        with contextlib.suppress(Exception):  # the store is down: the change log says so
             fleet.tick()
+        try:
             recommender.follow_changes()
+            if not reachable:
+                log.info("the store answers again: rebuilding the index from it")
+                recommender.serve(recommender.model)
+                reachable = True
         except Exception:  # a store hiccup must not kill the follower; the next tick retries
-            log.exception("could not apply changes from the store; retrying")
+            if reachable:
+                log.exception("cannot follow the store's changes; retrying every tick")
+            reachable = False
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -56,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_store(settings.store_url)
         try:
             model_dir = model_dir_at_start(store, settings.model_dir)
-            model = load_model(model_dir, settings.inference_threads)
+            model = load(model_dir, settings.inference_threads)
             recommender = Recommender(
                 store,
                 settings.history_length,
@@ -65,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
             )
             started = recommender.serve(model)
+            record_started(store, model)
         except BaseException:
             store.close()
             raise

@@ -65,6 +65,7 @@ class Recommendations:
     strategy: str
     items: list[Recommendation]
     history_used: int
+    model_version: str
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Recommender:
         self._serving: Serving | None = None
         self._cursor = "0"
         self._follow_lock = threading.Lock()
+        self.rollout_lock = threading.Lock()  # one roll-out at a time (service.rollout)
 
     @property
     def serving(self) -> Serving:
@@ -286,9 +288,10 @@ class Recommender:
         explain: int = 0,
     ) -> Recommendations:
         exclude = set(history_ids) if filters.exclude_purchased else set()
-        if not history_ids:
-            return Recommendations(FALLBACK, self._fallback(k, exclude, filters), 0)
         serving = self.serving
+        if not history_ids:
+            fallback = self._fallback(serving, k, exclude, filters)
+            return Recommendations(FALLBACK, fallback, 0, serving.model.version)
         vector, history = self._user_vector(serving.model, history_ids)
         hits = self._search_for_sale(
             serving, vector, k, exclude, filters.include_artists, filters.exclude_artists
@@ -298,7 +301,8 @@ class Recommender:
             if explain
             else [Recommendation(h.item_id, h.artist_id, h.score) for h in hits]
         )
-        return Recommendations(PERSONALIZED, items, min(len(history_ids), self.history_length))
+        used = min(len(history_ids), self.history_length)
+        return Recommendations(PERSONALIZED, items, used, serving.model.version)
 
     def similar(self, item_id: str, k: int) -> list[Recommendation]:
         serving = self.serving
@@ -353,14 +357,16 @@ class Recommender:
             result.append(Recommendation(hit.item_id, hit.artist_id, hit.score, because))
         return result
 
-    def _fallback(self, k: int, exclude: set[str], filters: Filters) -> list[Recommendation]:
+    def _fallback(
+        self, serving: Serving, k: int, exclude: set[str], filters: Filters
+    ) -> list[Recommendation]:
         """Best sellers still for sale, then the newest works, under the same filters."""
         filtered = filters.include_artists is not None or bool(filters.exclude_artists)
         limit = k * FALLBACK_OVERFETCH if filtered else k + len(exclude)
         candidates = dict.fromkeys(self.store.best_sellers(limit) + self.store.newest(limit))
         chosen = []
         for item_id in candidates:
-            entry = self.index.entry(item_id)
+            entry = serving.index.entry(item_id)
             if entry is None or item_id in exclude or entry.artist_id in filters.exclude_artists:
                 continue
             if (

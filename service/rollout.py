@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from service.encoders import ModelError, load_model
-from service.recommender import FeatureDimensionMismatch, Recommender, Rollout
+from service.encoders import LoadedModel, ModelError, load_model
+from service.recommender import Recommender, Rollout
 from service.stores.base import Store
 
 log = logging.getLogger(__name__)
 
 CHOSEN = "model_dir"
+CHOSEN_VERSION = "model_version"
 FROM_ENVIRONMENT = "model_dir_from_environment"
 
 
@@ -29,17 +30,40 @@ def model_dir_at_start(store: Store, configured: Path) -> Path:
     if chosen is None or store.get_setting(FROM_ENVIRONMENT) != str(configured):
         store.set_setting(FROM_ENVIRONMENT, str(configured))
         store.set_setting(CHOSEN, str(configured))
+        store.set_setting(CHOSEN_VERSION, "")  # filled in by the first process to load it
         return configured
     if chosen != str(configured):
         log.info("serving %s, rolled out through the admin endpoint (not %s)", chosen, configured)
     return Path(chosen)
 
 
+def record_started(store: Store, model: LoadedModel) -> None:
+    """After a start that adopted the environment's directory: the version it holds."""
+    if store.get_setting(CHOSEN) == str(model.directory) and not store.get_setting(CHOSEN_VERSION):
+        store.set_setting(CHOSEN_VERSION, model.version)
+
+
+def load(model_dir: Path | str, threads: int) -> LoadedModel:
+    """load_model, with every way a directory can be unreadable turned into ModelError."""
+    try:
+        return load_model(model_dir, threads)
+    except ModelError:
+        raise
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{model_dir}: cannot be loaded ({error})") from None
+
+
 def roll_out(recommender: Recommender, model_dir: Path, threads: int) -> Rollout:
-    """Serve `model_dir` here and make it the fleet's choice; raises ModelError or
-    FeatureDimensionMismatch, leaving the current model in place, when it cannot be served."""
-    rollout = recommender.serve(load_model(model_dir, threads))
-    recommender.store.set_setting(CHOSEN, str(model_dir))
+    """Serve `model_dir` here and make it, at the version it holds now, the fleet's choice.
+
+    Raises ModelError or FeatureDimensionMismatch, leaving the current model in place. One
+    roll-out at a time: a second waits, and the follower skips its tick meanwhile.
+    """
+    with recommender.rollout_lock:
+        model = load(model_dir, threads)
+        rollout = recommender.serve(model)
+        recommender.store.set_setting(CHOSEN, str(model_dir))
+        recommender.store.set_setting(CHOSEN_VERSION, model.version)
     log.info(
         "rolled out model %s from %s: %d items indexed, %d re-embedded, %.2f s",
         rollout.version,
@@ -52,20 +76,36 @@ def roll_out(recommender: Recommender, model_dir: Path, threads: int) -> Rollout
 
 
 class FleetFollower:
-    """Called on every sync tick: roll out here what another process rolled out."""
+    """Called on every sync tick: roll out here what another process rolled out.
+
+    The choice is a directory and the version it held when rolled out, so retraining into
+    the same directory and rolling out again reaches every process, and a directory that
+    changed since (half written, or retrained without a roll-out) is refused, not served.
+    """
 
     def __init__(self, recommender: Recommender, threads: int) -> None:
         self.recommender, self.threads = recommender, threads
-        self._refused: set[str] = set()  # tried and failed here; not retried every tick
+        self._refused: set[tuple[str, str]] = set()  # tried and failed; not retried each tick
 
     def tick(self) -> None:
-        chosen = self.recommender.store.get_setting(CHOSEN)
-        current = str(self.recommender.model.directory)
-        if chosen is None or chosen == current or chosen in self._refused:
+        store = self.recommender.store
+        chosen, version = store.get_setting(CHOSEN), store.get_setting(CHOSEN_VERSION)
+        if not chosen or not version or version == self.recommender.model_version:
             return
+        if (chosen, version) in self._refused:
+            return
+        if not self.recommender.rollout_lock.acquire(blocking=False):
+            return  # a roll-out is under way in this process
         try:
-            self.recommender.serve(load_model(chosen, self.threads))
-            log.info("followed the fleet to model %s", chosen)
-        except (ModelError, FeatureDimensionMismatch) as error:
-            self._refused.add(chosen)
-            log.error("cannot serve %s, chosen through another process: %s", chosen, error)
+            model = load(chosen, self.threads)
+            if model.version != version:
+                raise ModelError(f"{chosen} now holds model {model.version}, not {version}")
+            self.recommender.serve(model)
+            log.info("followed the fleet to model %s from %s", version, chosen)
+        except Exception as error:  # whatever it is, this process keeps its current model
+            self._refused.add((chosen, version))
+            log.error(
+                "cannot serve %s (%s), chosen through another process: %s", chosen, version, error
+            )
+        finally:
+            self.recommender.rollout_lock.release()

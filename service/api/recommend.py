@@ -77,7 +77,7 @@ def recommend(
     return RecommendOut(
         strategy=result.strategy,
         user_id=request.user_id,
-        model_version=recommender.model_version,
+        model_version=result.model_version,
         history_used=result.history_used,
         items=[RecommendedItem.of(r) for r in result.items],
     )

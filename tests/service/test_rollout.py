@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -105,6 +106,40 @@ def test_a_model_for_other_features_is_refused(store_url: str, narrow_model: Pat
         app_for(store_url, narrow_model),
     ):
         pass
+
+
+def test_retraining_into_the_same_directory_reaches_every_process(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The fleet's choice is a directory at a version, so a second roll-out of a directory
+    retrained in place is followed, and an unreadable directory stops no one following."""
+    target = exported(tmp_path / "next", 2048, 32)
+    with app_for(store_url, DEFAULT_MODEL) as first, app_for(store_url, DEFAULT_MODEL) as second:
+        load_catalogue(first)
+        versions = []
+        for _ in range(2):
+            shutil.rmtree(target)
+            exported(target, 2048, 32)  # new random weights: a new version
+            response = first.post("/admin/model", json={"model_dir": str(target)})
+            assert response.status_code == 200, response.text
+            versions.append(response.json()["version"])
+            deadline = time.monotonic() + 10
+            while second.get("/model").json()["version"] != versions[-1]:
+                assert time.monotonic() < deadline, "the second process did not follow"
+                time.sleep(0.05)
+        assert versions[0] != versions[1]
+        garbled = tmp_path / "garbled"
+        garbled.mkdir()
+        (garbled / "manifest.json").write_bytes(b"\xff\xfe not text")
+        refused = first.post("/admin/model", json={"model_dir": str(garbled)})
+        assert refused.status_code == 422
+        first.post("/items", json=random_item("after", seed=7))
+        deadline = time.monotonic() + 1
+        while second.get("/items/after/similar").status_code != 200 or (
+            second.get("/readyz").json()["index_size"] != 28
+        ):
+            assert time.monotonic() < deadline, "the second process stopped following"
+            time.sleep(0.05)
 
 
 def test_rollout_needs_the_api_key(store_url: str, other_model: Path) -> None:
