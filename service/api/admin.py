@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import RecommenderDep, SettingsDep, WriteAccess
+from service.api.deps import AdminAccess, RecommenderDep, SettingsDep
 from service.encoders import ModelError
 from service.recommender import FeatureDimensionMismatch
 from service.rollout import roll_out
@@ -34,7 +34,7 @@ class RolloutOut(BaseModel):
     seconds: float
 
 
-@router.post("/admin/model", response_model=RolloutOut, dependencies=[WriteAccess])
+@router.post("/admin/model", response_model=RolloutOut, dependencies=[AdminAccess])
 async def roll_out_model(
     request: RolloutIn, recommender: RecommenderDep, settings: SettingsDep
 ) -> RolloutOut:

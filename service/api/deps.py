@@ -34,6 +34,17 @@ def require_api_key(
         raise HTTPException(403, "the X-API-Key header does not match the configured key")
 
 
+def require_configured_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    """Administration is never open: without a configured key it is switched off."""
+    if settings.api_key is None:
+        raise HTTPException(403, "administration is disabled: set CURATORNET_API_KEY to enable it")
+    require_api_key(settings, x_api_key)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 WriteAccess = Depends(require_api_key)
+AdminAccess = Depends(require_configured_key)

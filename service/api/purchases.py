@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import RecommenderDep, WriteAccess
 from service.api.schemas import Identifier
@@ -22,6 +22,17 @@ class PurchaseIn(BaseModel):
         min_length=1, max_length=100, description="repeat an edition's id to buy several prints"
     )
     timestamp: AwareDatetime | None = Field(None, description="ISO 8601 with a zone; default now")
+
+    @field_validator("timestamp")
+    @classmethod
+    def plausible(cls, value: datetime | None) -> datetime | None:
+        """Between 1970 and tomorrow: anything else is a client's mistake, refused before
+        anything is written (and every stored time can be shown again)."""
+        if value is not None:
+            latest = datetime.now(UTC) + timedelta(days=1)
+            if not datetime(1970, 1, 1, tzinfo=UTC) <= value <= latest:
+                raise ValueError(f"a purchase time must lie between 1970 and {latest:%Y-%m-%d}")
+        return value
 
 
 class PurchaseOut(BaseModel):

@@ -52,8 +52,12 @@ def image_json(path: Path, instruction: str) -> list[str]:
     return json.loads(found[-1])
 
 
+TEST_KEY = "deployment-test-key"
+
+
 def substituted(value: str) -> str:
-    """Compose's ${NAME:-default} with nothing set in the environment."""
+    """Compose's ${NAME:-default} with nothing set, and ${NAME:?error} as an operator sets it."""
+    value = re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", TEST_KEY, value)
     return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
 
 
@@ -137,7 +141,11 @@ def test_the_api_containers_command_and_environment_serve_against_real_redis(
             check = [sys.executable, *healthcheck[1:]]
             check[-1] = check[-1].replace("8000", str(port))
             assert subprocess.run(check, check=False).returncode == 0
-        first, second = (httpx.Client(base_url=f"http://127.0.0.1:{p}") for p in ports)
+        assert env["CURATORNET_API_KEY"] == TEST_KEY  # compose refuses to start without one
+        first, second = (
+            httpx.Client(base_url=f"http://127.0.0.1:{p}", headers={"X-API-Key": TEST_KEY})
+            for p in ports
+        )
         item = {"id": "via-first", "artist_id": "a", "features": [0.3] * 2048}
         assert first.post("/items", json=item).status_code == 200
         deadline = time.monotonic() + 1  # the replica sync promise: within one second

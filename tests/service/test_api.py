@@ -290,6 +290,11 @@ def test_bad_purchases_write_nothing(client: TestClient) -> None:
     assert client.post("/purchases", json={"user_id": "u", "item_ids": []}).status_code == 422
     naive = {"user_id": "u", "item_ids": ["a"], "timestamp": "2024-01-01T10:00:00"}
     assert client.post("/purchases", json=naive).status_code == 422
+    for when in ("0001-01-01T00:00:00+01:00", "2999-01-01T00:00:00Z"):
+        absurd = {"user_id": "u", "item_ids": ["a"], "timestamp": when}
+        response = client.post("/purchases", json=absurd)
+        assert response.status_code == 422
+        assert "between 1970" in response.text
     assert client.get("/users/u/history").status_code == 404
     assert client.get("/items/a").json()["stock"] == 1
 

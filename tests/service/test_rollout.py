@@ -39,8 +39,14 @@ def narrow_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exported(tmp_path_factory.mktemp("models") / "narrow", 16, 32)
 
 
+KEY = "admin-key"
+
+
 def app_for(store_url: str, model_dir: Path, **settings) -> TestClient:
-    return TestClient(create_app(Settings(model_dir=model_dir, store_url=store_url, **settings)))
+    """The app with a key configured (administration needs one) and a client that sends it."""
+    settings = {"api_key": KEY, **settings}
+    app = create_app(Settings(model_dir=model_dir, store_url=store_url, **settings))
+    return TestClient(app, headers={"X-API-Key": KEY})
 
 
 def load_catalogue(client: TestClient) -> None:
@@ -142,17 +148,25 @@ def test_retraining_into_the_same_directory_reaches_every_process(
             time.sleep(0.05)
 
 
-def test_rollout_needs_the_api_key(store_url: str, other_model: Path) -> None:
-    with app_for(store_url, DEFAULT_MODEL, api_key="k") as client:
-        body = {"model_dir": str(other_model)}
-        assert client.post("/admin/model", json=body).status_code == 401
-        assert client.post("/admin/model", json=body, headers={"X-API-Key": "k"}).status_code == 200
+def test_rollout_needs_a_configured_key(store_url: str, other_model: Path) -> None:
+    body = {"model_dir": str(other_model)}
+    with app_for(store_url, DEFAULT_MODEL) as client:
+        anonymous = TestClient(client.app)  # same running app, no key sent
+        assert anonymous.post("/admin/model", json=body).status_code == 401
+        wrong = anonymous.post("/admin/model", json=body, headers={"X-API-Key": "no"})
+        assert wrong.status_code == 403
+        assert client.post("/admin/model", json=body).status_code == 200
+    with app_for(store_url, DEFAULT_MODEL, api_key=None) as open_service:
+        closed = open_service.post("/admin/model", json=body)
+        assert closed.status_code == 403
+        assert "set CURATORNET_API_KEY" in closed.text
 
 
 def test_the_fleet_follows_and_keeps_answering(store_url: str, other_model: Path) -> None:
     """Two processes on one store: roll out through one, the other follows; no request fails."""
-    first = LiveService(store_url)
-    second = LiveService(store_url)
+    first = LiveService(store_url, CURATORNET_API_KEY=KEY)
+    second = LiveService(store_url, CURATORNET_API_KEY=KEY)
+    first.client.headers["X-API-Key"] = KEY
     try:
         items = [random_item(f"w{i}", seed=i) for i in range(300)]
         first.client.post("/items", json={"items": items})
