@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 
 import faiss
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service.api import admin, health, items, purchases, recommend, users
@@ -128,6 +130,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def not_for_sale(request: Request, error: NotForSaleError) -> JSONResponse:
         return JSONResponse({"detail": str(error), "item_ids": error.item_ids}, status_code=409)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, without echoing large inputs back (a 50 MB body must not return
+        a 50 MB error)."""
+        errors = [
+            {**e, "input": e.get("input") if len(repr(e.get("input"))) <= 200 else "(elided)"}
+            for e in error.errors()
+        ]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    app.add_middleware(
+        BodyLimitMiddleware,
+        upload_bytes=settings.max_body_bytes,
+        other_bytes=settings.max_request_bytes,
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

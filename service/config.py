@@ -23,7 +23,10 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
     history_length: int = Field(300, ge=1, le=10_000, description="last N purchases per user")
     max_batch_items: int = Field(1000, ge=1, description="items per POST /items")
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="request body limit")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="POST /items body limit")
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="body limit of every other request"
+    )
     max_metadata_bytes: int = Field(4096, ge=64, description="JSON size of one item's metadata")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="one uploaded image")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="decompression-bomb guard")

@@ -79,18 +79,24 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    """413 for bodies over the limit, by Content-Length or, when chunked, by counting."""
+    """413 for bodies over the limit, by Content-Length or, when chunked, by counting.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    Uploads (`POST /items`) get the large limit; every other request the small one, so an
+    open read endpoint cannot be made to parse megabytes.
+    """
+
+    def __init__(self, app: ASGIApp, upload_bytes: int, other_bytes: int) -> None:
+        self.app, self.upload_bytes, self.other_bytes = app, upload_bytes, other_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/items"
+        limit = self.upload_bytes if upload else self.other_bytes
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
             return
         seen = 0
         started = False
@@ -99,7 +105,7 @@ class BodyLimitMiddleware:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise BodyTooLarge
             return message
 
@@ -112,10 +118,10 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, limit)
 
-    async def _refuse(self, send: Send) -> None:
-        body: dict[str, Any] = {"detail": f"request body is larger than {self.max_bytes} bytes"}
+    async def _refuse(self, send: Send, limit: int) -> None:
+        body: dict[str, Any] = {"detail": f"request body is larger than {limit} bytes"}
         payload = json.dumps(body).encode()
         await send(
             {

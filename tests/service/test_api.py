@@ -216,6 +216,12 @@ def test_batch_and_body_limits(store_url: str) -> None:
         )
         assert chunked.status_code == 413
         assert counts(client) == 0
+        # every other endpoint has the small limit, and long inputs are not echoed back
+        huge = {"history": ["x" * 100] * 12_000}
+        assert client.post("/recommend", json=huge).status_code == 413
+        long = client.post("/recommend", json={"history": ["x"] * 10_001})
+        assert long.status_code == 422
+        assert long.json()["detail"][0]["input"] == "(elided)"
 
 
 def test_writes_need_the_api_key_when_one_is_configured(store_url: str) -> None:
