@@ -94,7 +94,10 @@ class ImageEncoder:
 
     def encode(self, images: list[Image.Image]) -> np.ndarray:
         """RGB images to [N, output_dim] float32 features."""
-        batch = np.stack([preprocess(image, self.steps) for image in images])
+        return self.encode_pixels(np.stack([preprocess(image, self.steps) for image in images]))
+
+    def encode_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed [N, 3, crop, crop] inputs to [N, output_dim] features."""
         return self.session.run(["features"], {"images": batch})[0]
 
 

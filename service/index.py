@@ -162,13 +162,17 @@ class ItemIndex:
                 scores, slots = self._search_among(query, k, np.fromiter(allowed, np.int64))
             else:
                 # Few exclusions (a history, some artists): over-fetching by their number and
-                # dropping them afterwards keeps FAISS on its fast BLAS path, which an ID
-                # selector would leave.
-                skip = excluded | self._tombstones
+                # dropping them afterwards keeps FAISS on its fast path, which an ID selector
+                # would leave.
                 k = min(k, len(self._slot_of) - len(excluded))
                 if k <= 0:
                     return []
-                scores, slots = self._search(query, min(k + len(skip), self._faiss.ntotal))
+                if self._tombstones:  # HNSW: a selector, as tombstones may be many
+                    skip = np.fromiter(excluded | self._tombstones, np.int64)
+                    selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(skip))
+                    scores, slots = self._search(query, k, selector)
+                else:
+                    scores, slots = self._search(query, min(k + len(excluded), self._faiss.ntotal))
             hits = [
                 Hit(entry.key, entry.item_id, entry.artist_id, float(score))
                 for score, slot in zip(scores[0], slots[0], strict=True)

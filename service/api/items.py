@@ -13,7 +13,6 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
@@ -21,7 +20,7 @@ from service.api.deps import RecommenderDep, SettingsDep, WriteAccess
 from service.api.schemas import Identifier, RecommendedItem
 from service.config import Settings
 from service.encoders import LoadedModel
-from service.images import ImageError, decode
+from service.images import ImageError, decode, preprocess
 from service.recommender import ItemDraft, Recommender
 
 router = APIRouter(tags=["items"])
@@ -196,7 +195,7 @@ def _drafts(
     items: list[ItemIn], model: LoadedModel, settings: Settings, batch: bool
 ) -> list[ItemDraft]:
     errors, drafts, seen = [], [], {}
-    images: dict[int, Image.Image] = {}
+    images: dict[int, np.ndarray] = {}  # preprocessed at once: full-size pixels never pile up
     for n, item in enumerate(items):
         where = ("body", "items", n) if batch else ("body",)
         if item.image_b64 is not None:
@@ -234,10 +233,8 @@ def _drafts(
             [{"type": "value_error", "loc": loc, "msg": msg, "input": None} for loc, msg in errors]
         )
     if images and model.image_encoder is not None:
-        rows = list(images)
-        for n, features in zip(
-            rows, model.image_encoder.encode(list(images.values())), strict=True
-        ):
+        encoded = model.image_encoder.encode_pixels(np.stack(list(images.values())))
+        for n, features in zip(list(images), encoded, strict=True):
             drafts[n] = dataclasses.replace(drafts[n], features=features)
     return drafts
 
@@ -246,10 +243,10 @@ def _image(
     encoded: str,
     model: LoadedModel,
     settings: Settings,
-    images: dict[int, Image.Image],
+    images: dict[int, np.ndarray],
     n: int,
 ) -> str | None:
-    """Decode entry n's image into `images`, or say what is wrong with it."""
+    """Decode and preprocess entry n's image into `images`, or say what is wrong with it."""
     if model.image_encoder is None:
         return (
             f"the model being served ({model.version}) takes feature vectors: its manifest "
@@ -260,7 +257,8 @@ def _image(
     except binascii.Error as error:
         return f"not base64 ({error})"
     try:
-        images[n] = decode(data, settings.max_image_bytes, settings.max_image_pixels)
+        image = decode(data, settings.max_image_bytes, settings.max_image_pixels)
+        images[n] = preprocess(image, model.image_encoder.steps)
     except ImageError as error:
         return str(error)
     return None
@@ -307,8 +305,8 @@ async def _multipart_item(request: Request, model: LoadedModel, settings: Settin
             "names no image encoder",
         )
     data = await upload.read(settings.max_image_bytes + 1)
-    try:
-        decode(data, settings.max_image_bytes, settings.max_image_pixels)
+    try:  # decoding is CPU work: off the event loop
+        await run_in_threadpool(decode, data, settings.max_image_bytes, settings.max_image_pixels)
     except ImageError as error:
         raise HTTPException(error.status, f"image: {error}") from None
     body: dict[str, Any] = {
