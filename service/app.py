@@ -91,7 +91,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             started.embedded,
             started.seconds,
         )
-        metrics.index_rebuild.set(started.seconds)
         app.state.settings, app.state.recommender, app.state.metrics = (
             settings,
             recommender,

@@ -41,7 +41,7 @@ class ServiceMetrics:
         )
         self.index_rebuild = Gauge(
             "curatornet_index_rebuild_seconds",
-            "Seconds the last index rebuild from the store took",
+            "Seconds the last index build from the store took (start-up or roll-out)",
             registry=self.registry,
         )
         self.model = Info("curatornet_model", "The model being served", registry=self.registry)

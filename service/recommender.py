@@ -100,6 +100,7 @@ class Recommender:
         self._cursor = "0"
         self._follow_lock = threading.Lock()
         self.rollout_lock = threading.Lock()  # one roll-out at a time (service.rollout)
+        self.last_rollout: Rollout | None = None
 
     @property
     def serving(self) -> Serving:
@@ -160,13 +161,14 @@ class Recommender:
                     break
                 self._apply(candidate, keys)
             self._serving, self._cursor = candidate, cursor
-        return Rollout(
+        self.last_rollout = Rollout(
             model.version,
             str(model.directory),
             len(candidate.index),
             embedded,
             time.perf_counter() - started,
         )
+        return self.last_rollout
 
     def _current_embeddings(
         self,

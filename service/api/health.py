@@ -52,4 +52,5 @@ def metrics(request: Request, recommender: RecommenderDep) -> Response:
     collected.index_size.set(len(recommender.index))
     model = recommender.model
     collected.model.info({"version": model.version, "directory": str(model.directory)})
+    collected.index_rebuild.set(recommender.last_rollout.seconds)
     return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)
