@@ -340,10 +340,12 @@ class RedisStore:
         return written
 
     def feature_dim(self) -> int | None:
-        some = self._redis.srandmember(LIVE)
-        if some is None:
+        # Any stored work, deleted ones included: they still describe their buyers.
+        key = self._redis.hrandfield(KEYS)
+        if key is None:
             return None
-        return self._redis.hstrlen(_item_key(some.decode()), "features") // 4
+        item_id = self._redis.hget(KEYS, key)
+        return self._redis.hstrlen(_item_key(item_id.decode()), "features") // 4
 
     def get_setting(self, name: str) -> str | None:
         value = self._redis.hget(SETTINGS, name)

@@ -232,6 +232,8 @@ def test_embeddings_are_kept_per_model_and_features_for_any(store: Store) -> Non
     np.testing.assert_array_equal(features["b"], new_item("b", seed=1).features)
     assert set(features) == {"a", "b"}
     assert store.feature_dim() == F
+    store.delete_item("a")  # every work deleted: their features still fix the dimension
+    assert store.feature_dim() == F
 
 
 def test_set_embeddings_skips_items_changed_since_they_were_read(store: Store) -> None:
