@@ -2,9 +2,8 @@
 
 Prints its figures and writes them as JSON (default benchmarks/results/images.json). The
 pictures are the synthetic market's own paintings, saved as JPEG as a storefront would send
-them. The end-to-end part starts the real service (`python -m service`) on a fresh SQLite
-store with a CuratorNet model of the default sizes on the encoder's features; its weights are
-untrained, which costs the same as trained ones.
+them. The end-to-end part starts the real service (`python -m service`) with the shipped model
+(models/default, whose manifest names the encoder) on a fresh SQLite store.
 
     ./dev run python benchmarks/images.py [--uploads 60] [--seconds 5]
 """
@@ -15,7 +14,6 @@ import argparse
 import io
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -29,6 +27,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODER = ROOT / "models" / "encoders" / "efficientnet-lite0.json"
+MODEL_DIR = ROOT / "models" / "default"  # the shipped model, trained on painted works
 sys.path.insert(0, str(ROOT))
 
 from service.images import decode, load_image_encoder  # noqa: E402
@@ -58,24 +57,13 @@ def encoder_throughput(pictures: list[bytes], batch: int, seconds: float, thread
     return done / (time.perf_counter() - started)
 
 
-def image_model(directory: Path) -> Path:
-    from training.export import export_model
-    from training.model import CuratorNet, ModelConfig
-
-    shutil.copytree(ENCODER.parent, directory / "encoder")
-    named = {"name": "efficientnet-lite0", "manifest": "encoder/efficientnet-lite0.json"}
-    model = CuratorNet(np.zeros(1280), np.ones(1280), ModelConfig())
-    export_model(model, directory, {"purpose": "benchmark"}, named)
-    return directory
-
-
 def upload_latency(pictures: list[bytes], uploads: int, work: Path) -> dict:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {
         **os.environ,
-        "CURATORNET_MODEL_DIR": str(image_model(work / "model")),
+        "CURATORNET_MODEL_DIR": str(MODEL_DIR),
         "CURATORNET_STORE_URL": f"sqlite:///{work / 'images.db'}",
         "CURATORNET_PORT": str(port),
         "CURATORNET_LOG_LEVEL": "warning",

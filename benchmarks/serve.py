@@ -46,7 +46,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / "models" / "default"
+# Serving from feature vectors (the image path is benchmarks/images.py): the 2048-d model.
+MODEL_DIR = ROOT / "models" / "synthetic-2048"
 FEATURE_DIM = 2048
 BATCH_ITEMS = 1000  # the service's default CURATORNET_MAX_BATCH_ITEMS
 EDITION_SIZE = 1000  # so that no purchase here sells a work out
@@ -691,8 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         print("... building the naive Keras model", flush=True)
         naive = NaiveRecommender(MODEL_DIR)
         results["naive_model"] = {
-            "weights": "trained: models/default's weights read back from its ONNX initializers"
-            " into the Keras CuratorNet of training/model.py",
+            "weights": "trained: models/synthetic-2048's weights read back from its ONNX"
+            " initializers into the Keras CuratorNet of training/model.py",
             "parity_max_abs_diff_vs_onnx": naive.parity_with_onnx(MODEL_DIR, args.seed),
         }
         results["sizes"] = [bench_size(n, args, empty, work, naive) for n in args.sizes]

@@ -23,7 +23,10 @@ RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin curat
     && chown curatornet /data /models
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
+# The shipped model, the image encoder it names (../encoders) and the 2048-d features model.
 COPY models/default ./models/default
+COPY models/encoders ./models/encoders
+COPY models/synthetic-2048 ./models/synthetic-2048
 USER 10001
 EXPOSE 8000
 VOLUME ["/data"]

@@ -1,38 +1,52 @@
 """`python -m service --demo`: fill an empty store with the synthetic art market.
 
 So that a new user sees real recommendations at once: the default market (seed 0) is
-generated in memory (numpy only, a few seconds), its artworks embedded by the served model
-and stored in upload order, and its purchases replayed in time order, which sells the
-one-of-a-kind works exactly as the market did. A store that already holds items is left alone.
+generated, its artworks embedded by the served model and stored in upload order, and its
+purchases replayed in time order, which sells the one-of-a-kind works exactly as the market
+did. A store that already holds items is left alone.
+
+A model that takes pictures (its manifest names an image encoder) gets the market painted in
+pixels and encoded, as it was trained: a couple of minutes once, then read from a cache keyed
+on everything that decides the features. The demo also paints a few new works in the style
+of one artist that a customer keeps buying, to upload and watch reach that customer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.recommender import ItemDraft, Recommender
 
+if TYPE_CHECKING:
+    from service.encoders import LoadedModel
+    from service.images import ImageEncoder
+    from training.synthetic import Market
+
 log = logging.getLogger("service.demo")
 BATCH = 1000
+DEMO_DIR = Path("data/demo")
+NEW_WORKS = 3
 
 
-def load_demo_market(recommender: Recommender, seed: int = 0) -> None:
-    from training.synthetic import MarketConfig, generate
-
+def load_demo_market(
+    recommender: Recommender, seed: int = 0, scale: float = 1.0, demo_dir: Path = DEMO_DIR
+) -> None:
     existing = recommender.store.counts().items
     if existing:
         log.info(
             "demo: the store already holds %d items; not loading the synthetic market", existing
         )
         return
-    if recommender.model.feature_dim != 2048:
-        raise SystemExit(
-            f"--demo needs a model on the synthetic market's 2048-d features; "
-            f"{recommender.model.directory} takes {recommender.model.feature_dim}"
-        )
-    data = generate(MarketConfig(), seed=seed).dataset
+    market = _market_for(recommender.model, seed, scale, demo_dir)
+    data = market.dataset
     order = np.argsort(data.upload_time, kind="stable")
     for start in range(0, len(order), BATCH):
         rows = order[start : start + BATCH]
@@ -67,3 +81,96 @@ def load_demo_market(recommender: Recommender, seed: int = 0) -> None:
         counts.users,
         ", ".join(str(data.user_ids[u]) for u in busiest),
     )
+    if recommender.model.image_encoder is not None:
+        fan, artist, paths = paint_new_works(market, demo_dir / "new-works")
+        log.info(
+            "demo: customer %s keeps buying artist %s; new paintings in that artist's style, "
+            "never seen by the model, to upload as that artist's: %s",
+            fan,
+            artist,
+            ", ".join(map(str, paths)),
+        )
+
+
+def _market_for(model: LoadedModel, seed: int, scale: float, demo_dir: Path) -> Market:
+    """The market with the features the model was trained on: vectors or encoded paintings."""
+    from training.synthetic import MarketConfig, generate
+
+    config = MarketConfig().scaled(scale)
+    if model.image_encoder is None:
+        if model.feature_dim != config.feature_dim:
+            raise SystemExit(
+                f"--demo needs a model that takes pictures or the synthetic market's "
+                f"{config.feature_dim}-d features; {model.directory} takes {model.feature_dim}-d"
+            )
+        return generate(config, seed=seed)
+    market = generate(config, seed=seed, features=False)
+    features = _painted_features(market, model.image_encoder, f"{seed}:{scale}", demo_dir)
+    dataset = dataclasses.replace(market.dataset, features=features)
+    return dataclasses.replace(market, dataset=dataset)
+
+
+def _painted_features(
+    market: Market, encoder: ImageEncoder, market_key: str, demo_dir: Path
+) -> np.ndarray:
+    from training import painter
+
+    key = hashlib.sha256(
+        f"{market_key}:{encoder.sha256}:".encode() + Path(painter.__file__).read_bytes()
+    ).hexdigest()[:16]
+    cache = demo_dir / f"painted-market-{key}.npy"
+    if cache.exists():
+        log.info("demo: the painted market's %s features from %s", encoder.name, cache)
+        return np.load(cache)
+    total = len(market.dataset.item_ids)
+    log.info(
+        "demo: painting %d artworks and encoding them with %s (once, then cached in %s)",
+        total,
+        encoder.name,
+        cache,
+    )
+    started = time.perf_counter()
+    reported = [0]
+
+    def progress(done: int) -> None:
+        if done - reported[0] >= 2000 or done == total:
+            reported[0] = done
+            log.info("demo: %d of %d painted (%.0f s)", done, total, time.perf_counter() - started)
+
+    features = painter.paint_market(
+        market.truth.item_style, market.dataset.item_ids, encoder, on_batch=progress
+    )
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial.npy")
+    np.save(partial, features)
+    os.replace(partial, cache)
+    return features
+
+
+def paint_new_works(
+    market: Market, out_dir: Path, count: int = NEW_WORKS
+) -> tuple[str, str, list[Path]]:
+    """JPEGs of `count` new works in the style of the artist whom one customer buys most
+    faithfully (the most purchases of one artist, at least half of that customer's), as
+    (customer id, artist id, paths)."""
+    from training.painter import looks, paint, styles_like
+
+    data, truth = market.dataset, market.truth
+    bought_artist = truth.item_artist[data.purchase_item]
+    n_artists = int(truth.item_artist.max()) + 1
+    pairs = data.purchase_user * n_artists + bought_artist
+    per_pair = np.bincount(pairs, minlength=len(data.user_ids) * n_artists)
+    per_pair = per_pair.reshape(len(data.user_ids), n_artists)
+    faithful = per_pair * (2 * per_pair >= per_pair.sum(axis=1, keepdims=True))
+    user, artist = np.unravel_index(np.argmax(faithful), faithful.shape)
+    works = np.flatnonzero(truth.item_artist == artist)
+    artist_id = str(data.artist_ids[works[0]])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, look in enumerate(
+        looks(styles_like(truth.item_style[works], count, int(artist))), 1
+    ):
+        path = out_dir / f"{artist_id}-{number}.jpg"
+        paint(look, path.stem).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return str(data.user_ids[user]), artist_id, paths

@@ -88,6 +88,7 @@ def preprocess(image: Image.Image, steps: Preprocessing) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class ImageEncoder:
     name: str
+    sha256: str  # of the ONNX file: what cached features computed by it are keyed on
     output_dim: int
     steps: Preprocessing
     session: ort.InferenceSession
@@ -123,4 +124,4 @@ def load_image_encoder(manifest_path: Path | str, threads: int | None = None) ->
     session = ort.InferenceSession(
         str(path), session_options(threads), providers=["CPUExecutionProvider"]
     )
-    return ImageEncoder(manifest["name"], int(manifest["output_dim"]), steps, session)
+    return ImageEncoder(manifest["name"], digest, int(manifest["output_dim"]), steps, session)

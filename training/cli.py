@@ -44,13 +44,21 @@ def _synth(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     market = generate(MarketConfig().scaled(args.scale), seed=args.seed, features=not args.images)
     if args.images:
+        from tqdm import tqdm
+
         from service.images import load_image_encoder
         from training.painter import paint_market
 
         encoder = load_image_encoder(args.encoder)
-        features = paint_market(
-            market.truth.item_style, market.dataset.item_ids, args.out / "images", encoder
-        )
+        ids = market.dataset.item_ids
+        with tqdm(total=len(ids), desc="painting", unit="work", disable=None) as bar:
+            features = paint_market(
+                market.truth.item_style,
+                ids,
+                encoder,
+                args.out / "images",
+                on_batch=lambda done: bar.update(done - bar.n),
+            )
         market = dataclasses.replace(
             market, dataset=dataclasses.replace(market.dataset, features=features)
         )
@@ -93,6 +101,7 @@ def _train(args: argparse.Namespace) -> int:
         config,
         features_path=args.features,
         allow_pickle=args.allow_pickle_features,
+        image_encoder=args.image_encoder,
     )
     print(
         f"\n{'epoch':>5}  {'loss':>7}  {'train acc':>9}  {'val acc':>7}  {'lr':>8}  {'seconds':>7}"
@@ -263,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--l2", type=float, default=None, help="L2 on kernels (default 1e-4)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--sampling", choices=["guidelines", "random"], default="guidelines")
+    train.add_argument(
+        "--image-encoder",
+        type=Path,
+        default=None,
+        help="the encoder manifest the features came from (synth --images): named in the "
+        "exported manifest so the service accepts pictures",
+    )
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser(

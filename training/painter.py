@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -134,27 +136,47 @@ def paint(look: Look, work: str, size: int = 256) -> Image.Image:
     return Image.fromarray(np.clip(pixels + grain, 0, 255).astype(np.uint8))
 
 
+def styles_like(works: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` new styles scattered round an artist's works (their [n, d] styles) as widely
+    as that artist's own: the works the artist would paint next."""
+    rng = np.random.default_rng(seed)
+    spread = works.std(axis=0).mean() if len(works) > 1 else 0.1
+    return (works.mean(axis=0) + spread * rng.standard_normal((count, works.shape[1]))).astype(
+        np.float32
+    )
+
+
 def paint_market(
     styles: np.ndarray,
     item_ids: np.ndarray,
-    images_dir: Path,
     encoder: ImageEncoder,
+    images_dir: Path | None = None,
     batch: int = 64,
-    progress: bool | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Paint every work to `images_dir/<id>.png` and return its [N, D] encoder features."""
-    from tqdm import tqdm
-
-    images_dir.mkdir(parents=True, exist_ok=True)
+    """The [N, D] encoder features of every work, painted (and saved to `images_dir/<id>.png`
+    when given). The next batch is painted in a thread while the encoder runs, since ONNX
+    Runtime releases the GIL; `on_batch` hears how many works are done, for progress."""
+    if images_dir is not None:
+        images_dir.mkdir(parents=True, exist_ok=True)
     features = np.empty((len(item_ids), encoder.output_dim), np.float32)
     all_looks = looks(styles)
-    starts = range(0, len(item_ids), batch)
-    for start in tqdm(
-        starts, desc="painting", unit="batch", disable=None if progress is None else not progress
-    ):
-        rows = range(start, min(start + batch, len(item_ids)))
+
+    def painted(rows: range) -> list[Image.Image]:
         paintings = [paint(all_looks[n], str(item_ids[n])) for n in rows]
-        for n, painting in zip(rows, paintings, strict=True):
-            painting.save(images_dir / f"{item_ids[n]}.png", optimize=False)
-        features[start : start + len(paintings)] = encoder.encode(paintings)
+        if images_dir is not None:
+            for n, painting in zip(rows, paintings, strict=True):
+                painting.save(images_dir / f"{item_ids[n]}.png", optimize=False)
+        return paintings
+
+    batches = [range(s, min(s + batch, len(item_ids))) for s in range(0, len(item_ids), batch)]
+    with ThreadPoolExecutor(max_workers=1) as painter:
+        pending = painter.submit(painted, batches[0]) if batches else None
+        for number, rows in enumerate(batches):
+            paintings = pending.result()
+            if number + 1 < len(batches):
+                pending = painter.submit(painted, batches[number + 1])
+            features[rows.start : rows.stop] = encoder.encode(paintings)
+            if on_batch is not None:
+                on_batch(rows.stop)
     return features

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -70,9 +72,13 @@ def train_and_export(
     features_path: Path | str | None = None,
     allow_pickle: bool = False,
     progress: bool | None = None,
+    image_encoder: Path | str | None = None,
 ) -> RunResult:
+    """Train and export; `image_encoder` (an encoder manifest) is named in the exported
+    manifest when the features came from it, so the service can take pictures."""
     data_dir = Path(data_dir)
     dataset = load_dataset(data_dir, features_path=features_path, allow_pickle=allow_pickle)
+    extractor = _named_encoder(image_encoder, out_dir, dataset.feature_dim)
     train, held_out = split_last_basket(dataset)
     clusters = load_or_compute_clusters(dataset.features, config.clusters, data_dir)
 
@@ -111,10 +117,29 @@ def train_and_export(
         },
         "metrics": result.summary(),
     }
-    manifest = export_model(result.model, out_dir, details)
+    manifest = export_model(result.model, out_dir, details, extractor)
     return RunResult(
         manifest=manifest,
         result=result,
         triples=len(triples),
         triples_per_second=len(triples) / max(sampling_seconds, 1e-9),
     )
+
+
+def _named_encoder(
+    encoder: Path | str | None, out_dir: Path | str, feature_dim: int
+) -> dict | None:
+    """The manifest entry naming the image encoder, by a path relative to the model."""
+    if encoder is None:
+        return None
+    encoder = Path(encoder)
+    described = json.loads(encoder.read_text())
+    if described["output_dim"] != feature_dim:
+        raise ValueError(
+            f"{encoder} gives {described['output_dim']}-d features, the data has {feature_dim}-d"
+        )
+    return {
+        "name": described["name"],
+        "manifest": os.path.relpath(encoder.resolve(), Path(out_dir).resolve()),
+        "sha256": described["sha256"],
+    }

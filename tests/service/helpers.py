@@ -15,6 +15,9 @@ from tests.service.conftest import free_port
 from training.data.dataset import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
+# The model trained on feature vectors (the 2048-d UGallery shape): most tests post vectors.
+FEATURES_MODEL = ROOT / "models" / "synthetic-2048"
+# The shipped model, trained on the painted market's image features; it takes pictures.
 DEFAULT_MODEL = ROOT / "models" / "default"
 
 
@@ -46,7 +49,7 @@ class LiveService:
         environment = {
             **os.environ,
             "CURATORNET_STORE_URL": store_url,
-            "CURATORNET_MODEL_DIR": str(DEFAULT_MODEL),
+            "CURATORNET_MODEL_DIR": str(FEATURES_MODEL),
             "CURATORNET_PORT": str(self.port),
             "CURATORNET_LOG_LEVEL": "warning",
             **env,

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.service.helpers import DEFAULT_MODEL, item_payload, random_item
+from tests.service.helpers import FEATURES_MODEL, item_payload, random_item
 from training.data.dataset import Dataset
 from training.data.formats import load_dataset
 
@@ -28,7 +28,7 @@ def market(tiny_market_dir: Path) -> Dataset:
 
 @contextmanager
 def running(store_url: str, **settings) -> Iterator[TestClient]:
-    app = create_app(Settings(model_dir=DEFAULT_MODEL, store_url=store_url, **settings))
+    app = create_app(Settings(model_dir=FEATURES_MODEL, store_url=store_url, **settings))
     with TestClient(app) as client:
         yield client
 
@@ -487,8 +487,9 @@ def test_operations_endpoints(client: TestClient) -> None:
         'curatornet_request_seconds_bucket{le="0.005",method="POST",route="/recommend"}' in metrics
     )
     assert "curatornet_index_items 1.0" in metrics
-    assert f'curatornet_model_info{{directory="{DEFAULT_MODEL}",version="{model["version"]}"}}' in (
-        metrics
+    assert (
+        f'curatornet_model_info{{directory="{FEATURES_MODEL}",version="{model["version"]}"}}'
+        in (metrics)
     )
     assert client.get("/docs").status_code == 200
     assert "/recommend" in client.get("/openapi.json").json()["paths"]
@@ -501,7 +502,7 @@ def test_a_model_that_does_not_match_its_manifest_stops_start_up(
 
     broken = tmp_path / "model"
     broken.mkdir()
-    for file in DEFAULT_MODEL.iterdir():
+    for file in FEATURES_MODEL.iterdir():
         (broken / file.name).write_bytes(file.read_bytes())
     (broken / "user_tower.onnx").write_bytes((broken / "user_tower.onnx").read_bytes() + b"x")
     app = create_app(Settings(model_dir=broken, store_url=store_url))

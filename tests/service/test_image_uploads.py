@@ -19,7 +19,7 @@ from sklearn.datasets import load_sample_image
 from service.app import create_app
 from service.config import Settings
 from service.images import decode, load_image_encoder
-from tests.service.helpers import DEFAULT_MODEL, ROOT
+from tests.service.helpers import FEATURES_MODEL, ROOT
 
 ENCODERS = ROOT / "models" / "encoders"
 
@@ -139,12 +139,12 @@ def test_a_bad_image_in_a_batch_refuses_the_whole_batch(client: TestClient) -> N
 
 
 def test_a_model_without_an_image_encoder_refuses_images(tmp_path: Path) -> None:
-    settings = Settings(model_dir=DEFAULT_MODEL, store_url=f"sqlite:///{tmp_path / 's.db'}")
+    settings = Settings(model_dir=FEATURES_MODEL, store_url=f"sqlite:///{tmp_path / 's.db'}")
     with TestClient(create_app(settings)) as client:
         response = form_upload(client, picture())
         assert response.status_code == 422
         assert "names no image encoder" in response.text
         as_json = {"id": "w", "artist_id": "a", "image_b64": base64.b64encode(b"x").decode()}
         assert "names no image encoder" in client.post("/items", json=as_json).text
-    manifest = json.loads((DEFAULT_MODEL / "manifest.json").read_text())
+    manifest = json.loads((FEATURES_MODEL / "manifest.json").read_text())
     assert manifest["feature_extractor"] is None

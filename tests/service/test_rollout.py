@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.config import Settings
 from service.recommender import FeatureDimensionMismatch
-from tests.service.helpers import DEFAULT_MODEL, LiveService, random_item
+from tests.service.helpers import FEATURES_MODEL, LiveService, random_item
 
 
 def exported(directory: Path, feature_dim: int, embedding_dim: int) -> Path:
-    """A real export (untrained towers) of another shape than models/default."""
+    """A real export (untrained towers) of another shape than models/synthetic-2048."""
     from training.export import export_model
     from training.model import CuratorNet, ModelConfig
 
@@ -57,7 +57,7 @@ def load_catalogue(client: TestClient) -> None:
 
 
 def test_admin_rollout_reembeds_the_catalogue_and_swaps(store_url: str, other_model: Path):
-    with app_for(store_url, DEFAULT_MODEL) as client:
+    with app_for(store_url, FEATURES_MODEL) as client:
         load_catalogue(client)
         before = client.post("/recommend", json={"user_id": "u", "k": 5}).json()
         response = client.post("/admin/model", json={"model_dir": str(other_model)})
@@ -78,13 +78,13 @@ def test_admin_rollout_reembeds_the_catalogue_and_swaps(store_url: str, other_mo
         assert f'version="{rollout["version"]}"' in metrics
     # a restart with the unchanged setting (a crashed replica coming back) keeps the roll-out,
     # and finds every embedding already computed by the new model
-    with app_for(store_url, DEFAULT_MODEL) as client:
+    with app_for(store_url, FEATURES_MODEL) as client:
         assert client.get("/model").json()["version"] == rollout["version"]
         assert client.get("/readyz").json()["index_size"] == 28
 
 
 def test_restart_with_a_new_setting_rolls_out(store_url: str, other_model: Path) -> None:
-    with app_for(store_url, DEFAULT_MODEL) as client:
+    with app_for(store_url, FEATURES_MODEL) as client:
         load_catalogue(client)
         old = client.get("/model").json()["version"]
     with app_for(store_url, other_model) as client:
@@ -96,7 +96,7 @@ def test_restart_with_a_new_setting_rolls_out(store_url: str, other_model: Path)
 
 
 def test_a_model_for_other_features_is_refused(store_url: str, narrow_model: Path) -> None:
-    with app_for(store_url, DEFAULT_MODEL) as client:
+    with app_for(store_url, FEATURES_MODEL) as client:
         load_catalogue(client)
         version = client.get("/model").json()["version"]
         refused = client.post("/admin/model", json={"model_dir": str(narrow_model)})
@@ -120,7 +120,7 @@ def test_retraining_into_the_same_directory_reaches_every_process(
     """The fleet's choice is a directory at a version, so a second roll-out of a directory
     retrained in place is followed, and an unreadable directory stops no one following."""
     target = exported(tmp_path / "next", 2048, 32)
-    with app_for(store_url, DEFAULT_MODEL) as first, app_for(store_url, DEFAULT_MODEL) as second:
+    with app_for(store_url, FEATURES_MODEL) as first, app_for(store_url, FEATURES_MODEL) as second:
         load_catalogue(first)
         versions = []
         for _ in range(2):
@@ -150,13 +150,13 @@ def test_retraining_into_the_same_directory_reaches_every_process(
 
 def test_rollout_needs_a_configured_key(store_url: str, other_model: Path) -> None:
     body = {"model_dir": str(other_model)}
-    with app_for(store_url, DEFAULT_MODEL) as client:
+    with app_for(store_url, FEATURES_MODEL) as client:
         anonymous = TestClient(client.app)  # same running app, no key sent
         assert anonymous.post("/admin/model", json=body).status_code == 401
         wrong = anonymous.post("/admin/model", json=body, headers={"X-API-Key": "no"})
         assert wrong.status_code == 403
         assert client.post("/admin/model", json=body).status_code == 200
-    with app_for(store_url, DEFAULT_MODEL, api_key=None) as open_service:
+    with app_for(store_url, FEATURES_MODEL, api_key=None) as open_service:
         closed = open_service.post("/admin/model", json=body)
         assert closed.status_code == 403
         assert "set CURATORNET_API_KEY" in closed.text

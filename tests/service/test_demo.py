@@ -1,0 +1,72 @@
+"""`--demo` on a small market: pictures for the shipped model, vectors for the 2048-d one, the
+painted features' cache, and the new works it paints for the README's upload example."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.demo import load_demo_market
+from service.encoders import load_model
+from service.index import ItemIndex
+from service.recommender import Recommender
+from service.stores import open_store
+from tests.service.helpers import DEFAULT_MODEL, FEATURES_MODEL
+from tests.service.test_rollout import exported
+from training.synthetic import MarketConfig, generate
+
+SCALE = 0.02
+
+
+def demo_recommender(model_dir: Path, store_path: Path) -> Recommender:
+    recommender = Recommender(open_store(f"sqlite:///{store_path}"), 300, ItemIndex)
+    recommender.serve(load_model(model_dir, threads=2))
+    return recommender
+
+
+def test_the_picture_model_gets_the_market_painted_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "service.demo")
+    market = generate(MarketConfig().scaled(SCALE), seed=0, features=False).dataset
+    first = demo_recommender(DEFAULT_MODEL, tmp_path / "first.db")
+    load_demo_market(first, scale=SCALE, demo_dir=tmp_path / "demo")
+    counts = first.store.counts()
+    assert (counts.items, counts.purchases) == (len(market.item_ids), len(market.purchase_item))
+    assert "painting" in caplog.text
+    [cache] = (tmp_path / "demo").glob("painted-market-*.npy")
+    features = np.load(cache)
+    assert features.shape == (len(market.item_ids), 1280)
+    assert np.isfinite(features).all()
+    assert features.std(axis=0).mean() > 0.01  # paintings differ, features too
+
+    caplog.clear()
+    second = demo_recommender(DEFAULT_MODEL, tmp_path / "second.db")
+    load_demo_market(second, scale=SCALE, demo_dir=tmp_path / "demo")
+    assert "painting" not in caplog.text
+    assert str(cache) in caplog.text
+    some = [str(i) for i in market.item_ids[:5]]
+    assert sorted(second.store.get_items(some)) == sorted(some)
+
+    new_works = sorted((tmp_path / "demo" / "new-works").glob("*.jpg"))
+    assert len(new_works) == 3
+    fan, artist = caplog.text.split("customer ")[1].split(" keeps buying artist ")
+    artist = artist.split(";")[0]
+    assert all(path.name.startswith(f"{artist}-") for path in new_works)
+    history = [purchase.item_id for purchase in second.store.history(fan)]
+    stored = second.store.get_items(history)
+    bought_artists = [stored[item].artist_id for item in history]
+    assert 2 * bought_artists.count(artist) >= len(bought_artists)
+
+
+def test_the_feature_vector_model_gets_vectors_and_a_mismatch_is_refused(tmp_path: Path) -> None:
+    recommender = demo_recommender(FEATURES_MODEL, tmp_path / "vectors.db")
+    load_demo_market(recommender, scale=SCALE, demo_dir=tmp_path / "demo")
+    assert recommender.store.counts().items > 0
+    assert not (tmp_path / "demo").exists()  # nothing painted
+    narrow = demo_recommender(exported(tmp_path / "narrow", 16, 8), tmp_path / "narrow.db")
+    with pytest.raises(SystemExit, match="takes 16-d"):
+        load_demo_market(narrow, scale=SCALE, demo_dir=tmp_path / "demo")
