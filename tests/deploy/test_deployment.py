@@ -3,6 +3,7 @@ both Dockerfiles, and each image's exact command and environment run outside a c
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from PIL import Image
 
 from tests.service.conftest import free_port, start_redis
 
@@ -102,9 +104,11 @@ def test_service_image_runs_without_root_and_has_a_healthcheck() -> None:
     words = [word for word, _ in instructions]
     assert "HEALTHCHECK" in words
     assert dict(instructions)["USER"] not in ("root", "0")
-    assert "models/default" in dict(instructions)["COPY"] or any(
-        word == "COPY" and "models/default" in rest for word, rest in instructions
-    )
+    copied = [rest.split()[0] for word, rest in instructions if word == "COPY"]
+    # the shipped model and the encoder its manifest names, at the relative path it names
+    assert {"models/default", "models/encoders"} <= set(copied)
+    manifest = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())
+    assert manifest["feature_extractor"]["manifest"].startswith("../encoders/")
     assert not any("train]" in rest for _, rest in instructions)  # no TensorFlow extra
 
 
@@ -146,8 +150,13 @@ def test_the_api_containers_command_and_environment_serve_against_real_redis(
             httpx.Client(base_url=f"http://127.0.0.1:{p}", headers={"X-API-Key": TEST_KEY})
             for p in ports
         )
-        item = {"id": "via-first", "artist_id": "a", "features": [0.3] * 2048}
-        assert first.post("/items", json=item).status_code == 200
+        picture = io.BytesIO()
+        Image.effect_mandelbrot((320, 240), (-2.0, -1.2, 1.0, 1.2), 64).convert("RGB").save(
+            picture, "JPEG"
+        )
+        files = {"image": ("work.jpg", picture.getvalue(), "image/jpeg")}
+        form = {"id": "via-first", "artist_id": "a"}
+        assert first.post("/items", data=form, files=files).status_code == 200
         deadline = time.monotonic() + 1  # the replica sync promise: within one second
         while second.get("/readyz").json()["index_size"] != 1:
             assert time.monotonic() < deadline

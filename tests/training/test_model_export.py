@@ -180,3 +180,17 @@ def test_same_seed_same_model(tiny_market_dir: Path, tmp_path: Path) -> None:
     assert [e.validation_accuracy for e in runs[0].result.history] == pytest.approx(
         [e.validation_accuracy for e in runs[1].result.history], abs=1e-4
     )
+
+
+def test_an_image_encoder_is_named_by_a_path_relative_to_the_model(tmp_path: Path) -> None:
+    from training.pipeline import _named_encoder
+
+    encoder = (
+        Path(__file__).resolve().parents[2] / "models" / "encoders" / "efficientnet-lite0.json"
+    )
+    named = _named_encoder(encoder, tmp_path / "models" / "mine", 1280)
+    assert named["name"] == "efficientnet-lite0"
+    assert (tmp_path / "models" / "mine" / named["manifest"]).resolve() == encoder
+    assert named["sha256"] == json.loads(encoder.read_text())["sha256"]
+    with pytest.raises(ValueError, match="gives 1280-d features, the data has 2048-d"):
+        _named_encoder(encoder, tmp_path / "mine", 2048)
