@@ -84,8 +84,8 @@ def load_demo_market(
     if recommender.model.image_encoder is not None:
         fan, artist, paths = paint_new_works(market, demo_dir / "new-works")
         log.info(
-            "demo: customer %s keeps buying artist %s; new paintings in that artist's style, "
-            "never seen by the model, to upload as that artist's: %s",
+            "demo: customer %s has bought only works by artist %s; new paintings in that "
+            "artist's style, never seen by the model, to upload as that artist's: %s",
             fan,
             artist,
             ", ".join(map(str, paths)),
@@ -150,9 +150,9 @@ def _painted_features(
 def paint_new_works(
     market: Market, out_dir: Path, count: int = NEW_WORKS
 ) -> tuple[str, str, list[Path]]:
-    """JPEGs of `count` new works in the style of the artist whom one customer buys most
-    faithfully (the most purchases of one artist, at least half of that customer's), as
-    (customer id, artist id, paths)."""
+    """JPEGs of `count` new works in the style of an artist, and the customer to show them to:
+    the one with the most purchases that are all by one artist. Returns (customer id, artist
+    id, paths)."""
     from training.painter import looks, paint, styles_like
 
     data, truth = market.dataset, market.truth
@@ -161,8 +161,9 @@ def paint_new_works(
     pairs = data.purchase_user * n_artists + bought_artist
     per_pair = np.bincount(pairs, minlength=len(data.user_ids) * n_artists)
     per_pair = per_pair.reshape(len(data.user_ids), n_artists)
-    faithful = per_pair * (2 * per_pair >= per_pair.sum(axis=1, keepdims=True))
-    user, artist = np.unravel_index(np.argmax(faithful), faithful.shape)
+    loyal = np.where(per_pair.max(axis=1) == per_pair.sum(axis=1), per_pair.max(axis=1), 0)
+    user = int(np.argmax(loyal))
+    artist = int(np.argmax(per_pair[user]))
     works = np.flatnonzero(truth.item_artist == artist)
     artist_id = str(data.artist_ids[works[0]])
     out_dir.mkdir(parents=True, exist_ok=True)
