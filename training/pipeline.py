@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from training.clusters import ClusterConfig, load_or_compute_clusters
-from training.data.formats import load_dataset
+from training.data.formats import DataError, load_dataset
 from training.data.stats import describe
 from training.export import export_model
 from training.model import ModelConfig
@@ -133,13 +133,15 @@ def _named_encoder(
     if encoder is None:
         return None
     encoder = Path(encoder)
-    described = json.loads(encoder.read_text())
-    if described["output_dim"] != feature_dim:
-        raise ValueError(
-            f"{encoder} gives {described['output_dim']}-d features, the data has {feature_dim}-d"
-        )
+    try:
+        described = json.loads(encoder.read_text())
+        output_dim, name, sha256 = described["output_dim"], described["name"], described["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{encoder}: not a readable image encoder manifest ({error})") from None
+    if output_dim != feature_dim:
+        raise DataError(f"{encoder} gives {output_dim}-d features, the data has {feature_dim}-d")
     return {
-        "name": described["name"],
+        "name": name,
         "manifest": os.path.relpath(encoder.resolve(), Path(out_dir).resolve()),
-        "sha256": described["sha256"],
+        "sha256": sha256,
     }

@@ -183,6 +183,7 @@ def test_same_seed_same_model(tiny_market_dir: Path, tmp_path: Path) -> None:
 
 
 def test_an_image_encoder_is_named_by_a_path_relative_to_the_model(tmp_path: Path) -> None:
+    from training.data.formats import DataError
     from training.pipeline import _named_encoder
 
     encoder = (
@@ -192,5 +193,7 @@ def test_an_image_encoder_is_named_by_a_path_relative_to_the_model(tmp_path: Pat
     assert named["name"] == "efficientnet-lite0"
     assert (tmp_path / "models" / "mine" / named["manifest"]).resolve() == encoder
     assert named["sha256"] == json.loads(encoder.read_text())["sha256"]
-    with pytest.raises(ValueError, match="gives 1280-d features, the data has 2048-d"):
+    with pytest.raises(DataError, match="gives 1280-d features, the data has 2048-d"):
         _named_encoder(encoder, tmp_path / "mine", 2048)
+    with pytest.raises(DataError, match=r"missing\.json: not a readable image encoder manifest"):
+        _named_encoder(tmp_path / "missing.json", tmp_path / "mine", 1280)
