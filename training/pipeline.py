@@ -137,9 +137,9 @@ def _named_encoder(
         described = json.loads(encoder.read_text())
         output_dim, name, sha256 = described["output_dim"], described["name"], described["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{encoder}: not a readable image encoder manifest ({error})") from None
+        raise DataError(encoder, f"not a readable image encoder manifest ({error})") from None
     if output_dim != feature_dim:
-        raise DataError(f"{encoder} gives {output_dim}-d features, the data has {feature_dim}-d")
+        raise DataError(encoder, f"gives {output_dim}-d features, the data has {feature_dim}-d")
     return {
         "name": name,
         "manifest": os.path.relpath(encoder.resolve(), Path(out_dir).resolve()),
