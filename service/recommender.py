@@ -133,7 +133,8 @@ class Recommender:
         if stored_dim is not None and stored_dim != model.feature_dim:
             raise FeatureDimensionMismatch(
                 f"{model.directory} takes {model.feature_dim}-d features, but the stored "
-                f"artworks have {stored_dim}-d features; it cannot embed this catalogue"
+                f"artworks have {stored_dim}-d features; it cannot embed this catalogue "
+                f"(serve a model on {stored_dim}-d features, or start from an empty store)"
             )
         candidate = Serving(model, self._new_index(model.embedding_dim))
         cursor = self.store.change_cursor()  # before the snapshot: nothing is missed
