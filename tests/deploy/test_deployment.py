@@ -3,6 +3,7 @@ both Dockerfiles, and each image's exact command and environment run outside a c
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import os
@@ -110,6 +111,33 @@ def test_service_image_runs_without_root_and_has_a_healthcheck() -> None:
     manifest = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())
     assert manifest["feature_extractor"]["manifest"].startswith("../encoders/")
     assert not any("train]" in rest for _, rest in instructions)  # no TensorFlow extra
+
+
+def ignored_by_docker(path: str) -> bool:
+    """Whether .dockerignore keeps `path` out of the build context (its rules: the last
+    matching pattern decides, `!` re-includes; a pattern also covers what lies below it)."""
+    ignored = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        pattern = pattern.removeprefix("!")
+        parts = path.split("/")
+        if any(fnmatch.fnmatch("/".join(parts[:n]), pattern) for n in range(1, len(parts) + 1)):
+            ignored = not negated
+    return ignored
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
+def test_everything_the_images_copy_is_in_the_build_context(dockerfile: Path) -> None:
+    copies = [line.split() for line in dockerfile.read_text().splitlines()]
+    sources = [words[1] for words in copies if words[:1] == ["COPY"] and "--" not in words[1]]
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), source
+        assert not ignored_by_docker(source), f"{source} is excluded by .dockerignore"
+    assert ignored_by_docker("data/curatornet.db")  # and what must stay out, does
 
 
 def test_the_api_containers_command_and_environment_serve_against_real_redis(
