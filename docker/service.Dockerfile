@@ -17,7 +17,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     CURATORNET_HOST=0.0.0.0 \
     CURATORNET_PORT=8000 \
     CURATORNET_MODEL_DIR=/app/models/default \
-    CURATORNET_STORE_URL=sqlite:////data/curatornet.db
+    CURATORNET_STORE_URL=sqlite:////data/curatornet.db \
+    CURATORNET_DEMO_DIR=/data/demo
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin curatornet \
     && mkdir -p /data /models \
     && chown curatornet /data /models

@@ -95,7 +95,7 @@ def _load_demo(settings: Settings) -> None:
     try:
         recommender = Recommender(store, 300, ItemIndex)
         recommender.serve(load_model(model_dir_at_start(store, settings.model_dir)))
-        load_demo_market(recommender)
+        load_demo_market(recommender, demo_dir=settings.demo_dir)
     finally:
         store.close()
 

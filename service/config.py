@@ -17,6 +17,9 @@ class Settings(BaseSettings):
         "sqlite:///data/curatornet.db",
         description="sqlite:///path.db (embedded) or redis://host:port/db",
     )
+    demo_dir: Path = Field(
+        Path("data/demo"), description="--demo's cache of the painted market and its new works"
+    )
     api_key: SecretStr | None = Field(None, description="when set, writes need X-API-Key")
     index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or HNSW search")
     hnsw_m: int = Field(32, ge=4, le=128)

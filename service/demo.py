@@ -32,12 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("service.demo")
 BATCH = 1000
-DEMO_DIR = Path("data/demo")
 NEW_WORKS = 3
 
 
 def load_demo_market(
-    recommender: Recommender, seed: int = 0, scale: float = 1.0, demo_dir: Path = DEMO_DIR
+    recommender: Recommender, demo_dir: Path, seed: int = 0, scale: float = 1.0
 ) -> None:
     existing = recommender.store.counts().items
     if existing:
