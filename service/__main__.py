@@ -85,7 +85,7 @@ def _serve(settings: Settings) -> None:
 
 def _load_demo(settings: Settings) -> None:
     from service.demo import load_demo_market
-    from service.encoders import load_model
+    from service.encoders import LoadOptions, load_model
     from service.index import ItemIndex
     from service.recommender import Recommender
     from service.rollout import model_dir_at_start
@@ -94,7 +94,8 @@ def _load_demo(settings: Settings) -> None:
     store = open_store(settings.store_url)
     try:
         recommender = Recommender(store, 300, ItemIndex)
-        recommender.serve(load_model(model_dir_at_start(store, settings.model_dir)))
+        model_dir = model_dir_at_start(store, settings.model_dir)
+        recommender.serve(load_model(model_dir, LoadOptions(encoders_dir=settings.encoders_dir)))
         load_demo_market(recommender, demo_dir=settings.demo_dir)
     finally:
         store.close()

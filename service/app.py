@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_store(settings.store_url)
         try:
             model_dir = model_dir_at_start(store, settings.model_dir)
-            model = load(model_dir, settings.inference_threads)
+            model = load(model_dir, settings.model_loading())
             recommender = Recommender(
                 store,
                 settings.history_length,
@@ -97,7 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
         )
         stop = threading.Event()
-        fleet = FleetFollower(recommender, settings.inference_threads)
+        fleet = FleetFollower(recommender, settings.model_loading())
         follower = threading.Thread(
             target=_follow,
             args=(recommender, fleet, settings.sync_interval_s, stop),

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.encoders import LoadOptions
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CURATORNET_", protected_namespaces=())
@@ -16,6 +18,10 @@ class Settings(BaseSettings):
     store_url: str = Field(
         "sqlite:///data/curatornet.db",
         description="sqlite:///path.db (embedded) or redis://host:port/db",
+    )
+    encoders_dir: Path = Field(
+        Path("models/encoders"),
+        description="image encoders, found by name when not where a model's manifest says",
     )
     demo_dir: Path = Field(
         Path("data/demo"), description="--demo's cache of the painted market and its new works"
@@ -51,3 +57,7 @@ class Settings(BaseSettings):
     def empty_key_means_none(cls, value: object) -> object:
         """`CURATORNET_API_KEY=` (as docker-compose passes an unset variable) means no key."""
         return None if value == "" else value
+
+    def model_loading(self) -> LoadOptions:
+        """How this process opens models, at start-up and on every roll-out."""
+        return LoadOptions(threads=self.inference_threads, encoders_dir=self.encoders_dir)

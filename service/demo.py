@@ -6,9 +6,9 @@ purchases replayed in time order, which sells the one-of-a-kind works exactly as
 did. A store that already holds items is left alone.
 
 A model that takes pictures (its manifest names an image encoder) gets the market painted in
-pixels and encoded, as it was trained: a couple of minutes once, then read from a cache keyed
+pixels and encoded, as it was trained: a minute or two once, then read from a cache keyed
 on everything that decides the features. The demo also paints a few new works in the style
-of one artist that a customer keeps buying, to upload and watch reach that customer.
+of the one artist a customer has ever bought, to upload and watch reach that customer.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,19 +113,44 @@ def _market_for(model: LoadedModel, seed: int, scale: float, demo_dir: Path) -> 
 def _painted_features(
     market: Market, encoder: ImageEncoder, market_key: str, demo_dir: Path
 ) -> np.ndarray:
-    from training import painter
+    """The market's paintings through the encoder, from the cache when it holds them."""
+    from service import images
+    from training import painter, synthetic
 
-    key = hashlib.sha256(
-        f"{market_key}:{encoder.sha256}:".encode() + Path(painter.__file__).read_bytes()
-    ).hexdigest()[:16]
-    cache = demo_dir / f"painted-market-{key}.npy"
+    # Everything that decides the features: the market, the painter, the preprocessing
+    # (code and parameters) and the encoder's weights.
+    sources = b"".join(
+        Path(module.__file__).read_bytes() for module in (painter, synthetic, images)
+    )
+    recipe = f"{market_key}:{encoder.sha256}:{encoder.steps}:".encode() + sources
+    cache = demo_dir / f"painted-market-{hashlib.sha256(recipe).hexdigest()[:16]}.npy"
+    expected = (len(market.dataset.item_ids), encoder.output_dim)
+    try:
+        demo_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=demo_dir):
+            pass  # found out now, not after painting
+    except OSError as error:
+        raise SystemExit(
+            f"--demo cannot write its cache to {demo_dir} (CURATORNET_DEMO_DIR): {error}"
+        ) from None
     if cache.exists():
-        log.info("demo: the painted market's %s features from %s", encoder.name, cache)
-        return np.load(cache)
-    total = len(market.dataset.item_ids)
+        try:
+            features = np.load(cache)
+        except (OSError, ValueError) as error:
+            log.warning("demo: %s is unreadable (%s); painting again", cache, error)
+        else:
+            if features.shape == expected and features.dtype == np.float32:
+                log.info("demo: the painted market's %s features from %s", encoder.name, cache)
+                return features
+            log.warning(
+                "demo: %s holds %s features, not %s; painting again",
+                cache,
+                features.shape,
+                expected,
+            )
     log.info(
         "demo: painting %d artworks and encoding them with %s (once, then cached in %s)",
-        total,
+        expected[0],
         encoder.name,
         cache,
     )
@@ -132,17 +158,19 @@ def _painted_features(
     reported = [0]
 
     def progress(done: int) -> None:
-        if done - reported[0] >= 2000 or done == total:
+        if done - reported[0] >= 2000 or done == expected[0]:
             reported[0] = done
-            log.info("demo: %d of %d painted (%.0f s)", done, total, time.perf_counter() - started)
+            log.info(
+                "demo: %d of %d painted (%.0f s)", done, expected[0], time.perf_counter() - started
+            )
 
     features = painter.paint_market(
         market.truth.item_style, market.dataset.item_ids, encoder, on_batch=progress
     )
-    demo_dir.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".partial.npy")
-    np.save(partial, features)
-    os.replace(partial, cache)
+    # A file of its own, renamed into place: a concurrent first run never reads half of it.
+    with tempfile.NamedTemporaryFile(dir=demo_dir, suffix=".npy", delete=False) as partial:
+        np.save(partial, features)
+    os.replace(partial.name, cache)
     return features
 
 

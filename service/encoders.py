@@ -138,11 +138,20 @@ def _fixed(shape: list[Any]) -> list[int | None]:
     return [dim if isinstance(dim, int) else None for dim in shape]
 
 
-def load_model(directory: Path | str, threads: int | None = None) -> LoadedModel:
-    """Open a model directory, or raise ModelError saying exactly what does not match.
+@dataclass(frozen=True)
+class LoadOptions:
+    """How this process opens models: ONNX Runtime's threads per session (None: its default,
+    one per core), and a directory of image encoders to find a model's encoder by name when
+    it is not at the path the model's manifest gives (a model trained elsewhere and copied)."""
 
-    `threads` caps ONNX Runtime's threads per session (None: its default, one per core).
-    """
+    threads: int | None = None
+    encoders_dir: Path | None = None
+
+
+def load_model(directory: Path | str, options: LoadOptions | None = None) -> LoadedModel:
+    """Open a model directory, or raise ModelError saying exactly what does not match."""
+    options = options or LoadOptions()
+    threads = options.threads
     directory = Path(directory)
     manifest = _read_manifest(directory)
     feature_dim, embedding_dim = manifest["feature_dim"], manifest["embedding_dim"]
@@ -168,14 +177,16 @@ def load_model(directory: Path | str, threads: int | None = None) -> LoadedModel
         manifest=manifest,
         item_session=item,
         user_session=user,
-        image_encoder=_image_encoder(directory, manifest, threads),
+        image_encoder=_image_encoder(directory, manifest, options),
     )
 
 
 def _image_encoder(
-    directory: Path, manifest: dict[str, Any], threads: int | None
+    directory: Path, manifest: dict[str, Any], options: LoadOptions
 ) -> ImageEncoder | None:
-    """The CNN that turns images into this model's features, when the manifest names one."""
+    """The CNN that turns images into this model's features, when the manifest names one:
+    at the manifest's relative path, else `<encoders_dir>/<name>.json`; it must be the very
+    encoder (sha256) the model was trained on."""
     named = manifest.get("feature_extractor")
     if not named:
         return None
@@ -183,7 +194,17 @@ def _image_encoder(
         raise ModelError(f"{directory / 'manifest.json'}: feature_extractor needs a 'manifest'")
     from service.images import load_image_encoder
 
-    encoder = load_image_encoder(directory / named["manifest"], threads)
+    path = directory / named["manifest"]
+    if not path.is_file() and options.encoders_dir is not None and "name" in named:
+        elsewhere = options.encoders_dir / f"{named['name']}.json"
+        path = elsewhere if elsewhere.is_file() else path
+    encoder = load_image_encoder(path, options.threads)
+    expected = named.get("sha256")
+    if expected and encoder.sha256 != expected:
+        raise ModelError(
+            f"{path}: its encoder (sha256 {encoder.sha256[:12]}…) is not the one "
+            f"{directory / 'manifest.json'} was trained with ({str(expected)[:12]}…)"
+        )
     if encoder.output_dim != manifest["feature_dim"]:
         raise ModelError(
             f"{directory}: its image encoder {encoder.name} gives {encoder.output_dim}-d "

@@ -116,12 +116,20 @@ def load_image_encoder(manifest_path: Path | str, threads: int | None = None) ->
             mean=tuple(manifest["mean"]),
             std=tuple(manifest["std"]),
         )
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        name, output_dim, expected = (
+            manifest["name"],
+            int(manifest["output_dim"]),
+            manifest["sha256"],
+        )
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelError(f"{manifest_path}: not a usable encoder manifest ({error})") from None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != manifest["sha256"]:
+    if digest != expected:
         raise ModelError(f"{path}: sha256 does not match {manifest_path}")
-    session = ort.InferenceSession(
-        str(path), session_options(threads), providers=["CPUExecutionProvider"]
-    )
-    return ImageEncoder(manifest["name"], digest, int(manifest["output_dim"]), steps, session)
+    try:
+        session = ort.InferenceSession(
+            str(path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    except Exception as error:  # onnxruntime raises its own untyped errors
+        raise ModelError(f"{path}: ONNX Runtime cannot load it ({error})") from None
+    return ImageEncoder(name, digest, output_dim, steps, session)

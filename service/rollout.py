@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from service.encoders import LoadedModel, ModelError, load_model
+from service.encoders import LoadedModel, LoadOptions, ModelError, load_model
 from service.recommender import Recommender, Rollout
 from service.stores.base import Store
 
@@ -43,24 +43,24 @@ def record_started(store: Store, model: LoadedModel) -> None:
         store.set_setting(CHOSEN_VERSION, model.version)
 
 
-def load(model_dir: Path | str, threads: int) -> LoadedModel:
+def load(model_dir: Path | str, options: LoadOptions) -> LoadedModel:
     """load_model, with every way a directory can be unreadable turned into ModelError."""
     try:
-        return load_model(model_dir, threads)
+        return load_model(model_dir, options)
     except ModelError:
         raise
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelError(f"{model_dir}: cannot be loaded ({error})") from None
 
 
-def roll_out(recommender: Recommender, model_dir: Path, threads: int) -> Rollout:
+def roll_out(recommender: Recommender, model_dir: Path, options: LoadOptions) -> Rollout:
     """Serve `model_dir` here and make it, at the version it holds now, the fleet's choice.
 
     Raises ModelError or FeatureDimensionMismatch, leaving the current model in place. One
     roll-out at a time: a second waits, and the follower skips its tick meanwhile.
     """
     with recommender.rollout_lock:
-        model = load(model_dir, threads)
+        model = load(model_dir, options)
         rollout = recommender.serve(model)
         recommender.store.set_setting(CHOSEN, str(model_dir))
         recommender.store.set_setting(CHOSEN_VERSION, model.version)
@@ -83,8 +83,8 @@ class FleetFollower:
     changed since (half written, or retrained without a roll-out) is refused, not served.
     """
 
-    def __init__(self, recommender: Recommender, threads: int) -> None:
-        self.recommender, self.threads = recommender, threads
+    def __init__(self, recommender: Recommender, options: LoadOptions) -> None:
+        self.recommender, self.options = recommender, options
         self._refused: set[tuple[str, str]] = set()  # tried and failed; not retried each tick
 
     def tick(self) -> None:
@@ -97,7 +97,7 @@ class FleetFollower:
         if not self.recommender.rollout_lock.acquire(blocking=False):
             return  # a roll-out is under way in this process
         try:
-            model = load(chosen, self.threads)
+            model = load(chosen, self.options)
             if model.version != version:
                 raise ModelError(f"{chosen} now holds model {model.version}, not {version}")
             self.recommender.serve(model)

@@ -42,7 +42,7 @@ async def roll_out_model(
     answered by the old model until the swap. Other replicas follow within a sync interval."""
     try:
         rollout = await run_in_threadpool(
-            roll_out, recommender, Path(request.model_dir), settings.inference_threads
+            roll_out, recommender, Path(request.model_dir), settings.model_loading()
         )
     except ModelError as error:
         raise HTTPException(422, f"cannot load that model: {error}") from None

@@ -132,7 +132,12 @@ def ignored_by_docker(path: str) -> bool:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
 def test_everything_the_images_copy_is_in_the_build_context(dockerfile: Path) -> None:
     copies = [line.split() for line in dockerfile.read_text().splitlines()]
-    sources = [words[1] for words in copies if words[:1] == ["COPY"] and "--" not in words[1]]
+    sources = [
+        source
+        for words in copies
+        if words[:1] == ["COPY"] and not words[1].startswith("--")
+        for source in words[1:-1]  # every source; the last word is the destination
+    ]
     assert sources
     for source in sources:
         assert (ROOT / source).exists(), source

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from service.demo import load_demo_market
-from service.encoders import load_model
+from service.encoders import LoadOptions, load_model
 from service.index import ItemIndex
 from service.recommender import Recommender
 from service.stores import open_store
@@ -23,7 +23,7 @@ SCALE = 0.02
 
 def demo_recommender(model_dir: Path, store_path: Path) -> Recommender:
     recommender = Recommender(open_store(f"sqlite:///{store_path}"), 300, ItemIndex)
-    recommender.serve(load_model(model_dir, threads=2))
+    recommender.serve(load_model(model_dir, LoadOptions(threads=2)))
     return recommender
 
 
@@ -71,3 +71,25 @@ def test_the_feature_vector_model_gets_vectors_and_a_mismatch_is_refused(tmp_pat
     narrow = demo_recommender(exported(tmp_path / "narrow", 16, 8), tmp_path / "narrow.db")
     with pytest.raises(SystemExit, match="takes 16-d"):
         load_demo_market(narrow, scale=SCALE, demo_dir=tmp_path / "demo")
+
+
+def test_a_broken_cache_is_painted_again_and_an_unwritable_dir_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "service.demo")
+    demo_dir = tmp_path / "demo"
+    load_demo_market(demo_recommender(DEFAULT_MODEL, tmp_path / "a.db"), demo_dir, scale=SCALE)
+    [cache] = demo_dir.glob("painted-market-*.npy")
+    good = np.load(cache)
+    cache.write_bytes(cache.read_bytes()[:1000])  # a run killed while writing, say
+    caplog.clear()
+    load_demo_market(demo_recommender(DEFAULT_MODEL, tmp_path / "b.db"), demo_dir, scale=SCALE)
+    assert "is unreadable" in caplog.text
+    assert "demo: painting" in caplog.text
+    np.testing.assert_array_equal(np.load(cache), good)
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit, match="CURATORNET_DEMO_DIR"):
+        load_demo_market(
+            demo_recommender(DEFAULT_MODEL, tmp_path / "c.db"), tmp_path / "a-file" / "demo"
+        )

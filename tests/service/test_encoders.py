@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.encoders import ModelError, load_model
+from service.encoders import LoadOptions, ModelError, load_model
 
 
 @pytest.fixture
@@ -88,3 +89,66 @@ def test_unparsable_manifest(model_copy: Path) -> None:
     (model_copy / "manifest.json").write_text("{not json")
     with pytest.raises(ModelError, match="not valid JSON"):
         load_model(model_copy)
+
+
+@pytest.fixture
+def picture_model(tmp_path: Path) -> Path:
+    """The shipped picture model and its encoder, copied side by side as in models/."""
+    models = Path(__file__).resolve().parents[2] / "models"
+    shutil.copytree(models / "encoders", tmp_path / "encoders")
+    return Path(shutil.copytree(models / "default", tmp_path / "default"))
+
+
+def test_the_picture_model_loads_its_encoder(picture_model: Path) -> None:
+    model = load_model(picture_model)
+    assert model.image_encoder is not None
+    assert model.image_encoder.output_dim == model.feature_dim == 1280
+
+
+@pytest.mark.parametrize("key", ["sha256", "output_dim", "file", "mean"])
+def test_an_incomplete_encoder_manifest_is_named(picture_model: Path, key: str) -> None:
+    path = picture_model.parent / "encoders" / "efficientnet-lite0.json"
+    manifest = json.loads(path.read_text())
+    del manifest[key]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(
+        ModelError, match=r"efficientnet-lite0\.json: not a usable encoder manifest"
+    ):
+        load_model(picture_model)
+
+
+def test_another_encoder_than_the_model_was_trained_with_is_refused(picture_model: Path) -> None:
+    """Same size, other weights: features would not be the ones the towers learned from."""
+    import onnx
+
+    encoders = picture_model.parent / "encoders"
+    graph = onnx.load(encoders / "efficientnet-lite0.onnx")
+    graph.doc_string = "another encoder"
+    onnx.save(graph, encoders / "efficientnet-lite0.onnx")
+    manifest = json.loads((encoders / "efficientnet-lite0.json").read_text())
+    digest = hashlib.sha256((encoders / "efficientnet-lite0.onnx").read_bytes()).hexdigest()
+    manifest["sha256"] = digest
+    (encoders / "efficientnet-lite0.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"is not the one .*manifest.json was trained with"):
+        load_model(picture_model)
+
+
+def test_an_encoder_not_where_the_model_says_is_found_by_name(
+    picture_model: Path, tmp_path: Path
+) -> None:
+    """A model trained in one layout (a container, another checkout) and served in another."""
+    moved = Path(shutil.move(picture_model, tmp_path / "elsewhere" / "deep" / "model"))
+    with pytest.raises(ModelError, match="not a usable encoder manifest"):
+        load_model(moved)
+    model = load_model(moved, LoadOptions(encoders_dir=tmp_path / "encoders"))
+    assert model.image_encoder is not None
+
+
+def test_an_encoder_onnx_runtime_cannot_open_is_named(picture_model: Path) -> None:
+    encoders = picture_model.parent / "encoders"
+    (encoders / "efficientnet-lite0.onnx").write_bytes(b"not a model")
+    manifest = json.loads((encoders / "efficientnet-lite0.json").read_text())
+    manifest["sha256"] = hashlib.sha256(b"not a model").hexdigest()
+    (encoders / "efficientnet-lite0.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=r"efficientnet-lite0\.onnx: ONNX Runtime cannot load it"):
+        load_model(picture_model)
