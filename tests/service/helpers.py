@@ -40,6 +40,19 @@ def random_item(item_id: str, artist: str = "artist", seed: int = 0, dim: int = 
     return {"id": item_id, "artist_id": artist, "features": features.tolist()}
 
 
+def exported(
+    directory: Path, feature_dim: int, embedding_dim: int, extractor: dict | None = None
+) -> Path:
+    """A real export (untrained towers) of any shape, naming an image encoder when given."""
+    from training.export import export_model
+    from training.model import CuratorNet, ModelConfig
+
+    config = ModelConfig(item_layers=(64, embedding_dim), user_layers=(64, embedding_dim))
+    model = CuratorNet(np.zeros(feature_dim), np.ones(feature_dim), config)
+    export_model(model, directory, {"purpose": "tests"}, extractor)
+    return directory
+
+
 class LiveService:
     """`python -m service` in its own process, as a deployment runs it."""
 

@@ -14,8 +14,7 @@ from service.encoders import LoadOptions, load_model
 from service.index import ItemIndex
 from service.recommender import Recommender
 from service.stores import open_store
-from tests.service.helpers import DEFAULT_MODEL, FEATURES_MODEL
-from tests.service.test_rollout import exported
+from tests.service.helpers import DEFAULT_MODEL, FEATURES_MODEL, exported
 from training.synthetic import MarketConfig, generate
 
 SCALE = 0.02

@@ -19,7 +19,7 @@ from sklearn.datasets import load_sample_image
 from service.app import create_app
 from service.config import Settings
 from service.images import decode, load_image_encoder
-from tests.service.helpers import FEATURES_MODEL, ROOT
+from tests.service.helpers import FEATURES_MODEL, ROOT, exported
 
 ENCODERS = ROOT / "models" / "encoders"
 
@@ -27,15 +27,10 @@ ENCODERS = ROOT / "models" / "encoders"
 @pytest.fixture(scope="module")
 def image_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An (untrained) CuratorNet on the encoder's 1280-d features, naming the shipped encoder."""
-    from training.export import export_model
-    from training.model import CuratorNet, ModelConfig
-
     directory = tmp_path_factory.mktemp("image-model")
     shutil.copytree(ENCODERS, directory / "encoder")
-    config = ModelConfig(item_layers=(64, 32), user_layers=(64, 32))
     named = {"name": "efficientnet-lite0", "manifest": "encoder/efficientnet-lite0.json"}
-    export_model(CuratorNet(np.zeros(1280), np.ones(1280), config), directory, {}, named)
-    return directory
+    return exported(directory, 1280, 32, named)
 
 
 def picture(name: str = "china.jpg", format_: str = "JPEG") -> bytes:

@@ -8,25 +8,13 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
 from service.recommender import FeatureDimensionMismatch
-from tests.service.helpers import FEATURES_MODEL, LiveService, random_item
-
-
-def exported(directory: Path, feature_dim: int, embedding_dim: int) -> Path:
-    """A real export (untrained towers) of another shape than models/synthetic-2048."""
-    from training.export import export_model
-    from training.model import CuratorNet, ModelConfig
-
-    config = ModelConfig(item_layers=(64, embedding_dim), user_layers=(64, embedding_dim))
-    model = CuratorNet(np.zeros(feature_dim), np.ones(feature_dim), config)
-    export_model(model, directory, {"purpose": "roll-out tests"})
-    return directory
+from tests.service.helpers import FEATURES_MODEL, LiveService, exported, random_item
 
 
 @pytest.fixture(scope="module")
