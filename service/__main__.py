@@ -7,6 +7,7 @@ environment so that every uvicorn worker process builds the same Settings).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
@@ -85,18 +86,21 @@ def _serve(settings: Settings) -> None:
 
 def _load_demo(settings: Settings) -> None:
     from service.demo import load_demo_market
-    from service.encoders import LoadOptions, load_model
+    from service.encoders import ModelError
     from service.index import ItemIndex
-    from service.recommender import Recommender
-    from service.rollout import model_dir_at_start
+    from service.recommender import FeatureDimensionMismatch, Recommender
+    from service.rollout import load, model_dir_at_start
     from service.stores import open_store
 
+    # Every core for ONNX Runtime: a first demo runs the image encoder over the whole market.
+    options = dataclasses.replace(settings.model_loading(), threads=None)
     store = open_store(settings.store_url)
     try:
-        recommender = Recommender(store, 300, ItemIndex)
-        model_dir = model_dir_at_start(store, settings.model_dir)
-        recommender.serve(load_model(model_dir, LoadOptions(encoders_dir=settings.encoders_dir)))
+        recommender = Recommender(store, settings.history_length, ItemIndex)
+        recommender.serve(load(model_dir_at_start(store, settings.model_dir), options))
         load_demo_market(recommender, demo_dir=settings.demo_dir)
+    except (ModelError, FeatureDimensionMismatch) as error:
+        raise SystemExit(f"error: {error}") from None
     finally:
         store.close()
 

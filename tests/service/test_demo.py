@@ -4,6 +4,7 @@ painted features' cache, and the new works it paints for the README's upload exa
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,15 @@ def test_a_broken_cache_is_painted_again_and_an_unwritable_dir_is_named(
         load_demo_market(
             demo_recommender(DEFAULT_MODEL, tmp_path / "c.db"), tmp_path / "a-file" / "demo"
         )
+
+
+def test_demo_only_with_an_unusable_model_is_a_one_line_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "service", "--demo-only", "--model-dir", str(tmp_path)]
+    env = {**os.environ, "CURATORNET_STORE_URL": f"sqlite:///{tmp_path / 's.db'}"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 1
+    assert "manifest.json: missing" in result.stderr
+    assert "Traceback" not in result.stderr
