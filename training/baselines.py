@@ -156,9 +156,12 @@ class VBPR:
     """VBPR (He & McAuley, AAAI 2016): latent plus visual factors, trained with BPR.
 
     score(u, i) = beta_i + gamma_u . gamma_i + theta_u . (E f_i) + beta' . f_i on z-scored
-    features. Triples come
-    from guidelines 1-2 (as in the paper: VBPR has no notion of profile or basket, so only
-    the user-item guidelines apply) or from uniform negatives.
+    features. VBPR knows users and items, not profiles or baskets, so of the paper's
+    guidelines only the first applies to it as such (an item the user bought beats one they
+    did not; the second, a one-item profile, is the same (user, positive, negative) draw
+    for a model without profiles). The two variants therefore differ in their negatives
+    only: "same-cluster negatives" samples guideline 1, whose negatives come from the
+    positive's visual cluster 60 % of the time; "uniform negatives" draws them uniformly.
     """
 
     def __init__(
@@ -171,20 +174,22 @@ class VBPR:
         self.clusters, self.reduced = clusters, reduced
         self.strategy = strategy
         self.config = config or VBPRConfig()
-        label = "guidelines 1-2" if strategy == "guidelines" else "uniform negatives"
+        label = "same-cluster negatives" if strategy == "guidelines" else "uniform negatives"
         self.name = f"VBPR ({label})"
 
     def _triples(self, train: Dataset) -> Triples:
-        per = self.config.triples // (2 if self.strategy == "guidelines" else 6)
-        sampled = sample_triples(
+        guidelines = self.strategy == "guidelines"
+        return sample_triples(
             train,
             self.clusters,
             self.reduced,
-            SamplingConfig(per_guideline=per, strategy=self.strategy, seed=self.config.seed),
+            SamplingConfig(
+                per_guideline=self.config.triples if guidelines else self.config.triples // 6,
+                strategy=self.strategy,
+                seed=self.config.seed,
+                guidelines=(1,),
+            ),
         )
-        if self.strategy == "guidelines":
-            sampled = sampled.subset(np.flatnonzero(np.isin(sampled.guideline, [1, 2])))
-        return sampled
 
     def fit(self, train: Dataset) -> None:
         import keras

@@ -62,13 +62,17 @@ def replay(dataset: Dataset, train: Dataset, held_out: Dataset) -> Iterator[Case
         items = held_out.purchase_item[baskets.purchases_of(b)]
         mine = train.purchase_user == user
         profile = train.purchase_item[mine][np.argsort(train.purchase_time[mine], kind="stable")]
-        on_sale = (dataset.upload_time <= when) & (sales < dataset.edition_size)
+        # Stock as the training data knows it: where edition sizes are inferred from sales,
+        # `train` inferred them from training purchases only (see Dataset.with_purchases).
+        on_sale = (dataset.upload_time <= when) & (sales < train.edition_size)
         on_sale[profile] = False
         on_sale[items] = True
         candidates = np.flatnonzero(on_sale)
         last_profile_time = train.purchase_time[mine].max()
         yield Case(
-            query=Query(user=user, time=when, profile=profile, candidates=candidates, sales=sales),
+            query=Query(
+                user=user, time=when, profile=profile, candidates=candidates, sales=sales.copy()
+            ),
             relevant=np.isin(candidates, items),
             new_user=bool(baskets_per_user[user] == 1),
             new_items=bool(np.all(dataset.upload_time[items] > last_profile_time)),
@@ -92,15 +96,23 @@ def recall_curve(positions: np.ndarray, max_k: int = CURVE_MAX_K) -> np.ndarray:
     return hits / len(positions)
 
 
-def bootstrap_interval(
-    values: np.ndarray, rng: np.random.Generator, resamples: int = 1000
-) -> tuple[float, float]:
-    """95 % percentile interval of the mean, resampling users (one held-out basket each)."""
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def bootstrap_draws(n: int, rng: np.random.Generator, resamples: int = BOOTSTRAP_RESAMPLES):
+    """[resamples, n] indices of customers drawn with replacement (one held-out basket each).
+
+    Drawn once per run and shared by every method, so that two methods' intervals come from
+    the same resamples and their difference can be bootstrapped pairwise.
+    """
+    return rng.integers(0, n, (resamples, n)) if n else np.zeros((resamples, 0), np.int64)
+
+
+def bootstrap_interval(values: np.ndarray, draws: np.ndarray) -> tuple[float, float]:
+    """95 % percentile interval of the mean of ``values`` [n] over the resamples ``draws``."""
     if len(values) == 0:
         return float("nan"), float("nan")
-    draws = rng.integers(0, len(values), (resamples, len(values)))
-    means = values[draws].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    low, high = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
     return float(low), float(high)
 
 
@@ -110,15 +122,31 @@ class MethodResult:
     rows: list[dict[str, float]]
     curves: list[np.ndarray]
 
-    def summary(self, mask: np.ndarray, rng: np.random.Generator) -> dict[str, dict[str, float]]:
-        selected = [row for row, keep in zip(self.rows, mask, strict=True) if keep]
+    def values(self, metric: str) -> np.ndarray:
+        """[baskets] one metric, in replay order."""
+        return np.array([row[metric] for row in self.rows])
+
+    def summary(self, mask: np.ndarray, draws: np.ndarray) -> dict[str, dict[str, float]]:
+        """Mean and bootstrap interval of every metric over the baskets in ``mask``;
+        ``draws`` index those baskets (see `bootstrap_draws`)."""
         out = {}
         for metric in self.rows[0] if self.rows else []:
-            values = np.array([row[metric] for row in selected])
-            low, high = bootstrap_interval(values, rng)
+            values = self.values(metric)[mask]
+            low, high = bootstrap_interval(values, draws)
             mean = float(values.mean()) if len(values) else float("nan")
             out[metric] = {"mean": mean, "low": low, "high": high}
         return out
+
+
+def paired_difference(
+    first: np.ndarray, second: np.ndarray, draws: np.ndarray
+) -> dict[str, float]:
+    """Mean of ``first - second`` over the same baskets, with its paired bootstrap interval:
+    each resample takes the same customers for both methods."""
+    difference = first - second
+    low, high = bootstrap_interval(difference, draws)
+    mean = float(difference.mean()) if len(difference) else float("nan")
+    return {"mean": mean, "low": low, "high": high}
 
 
 def evaluate_methods(
@@ -135,7 +163,6 @@ def evaluate_methods(
         method.fit(train)
     results = [MethodResult(m.name, [], []) for m in methods]
     cases: list[Case] = []
-    tie_rng = np.random.default_rng(seed)
     n_baskets = len(held_out.baskets)
     for case in tqdm(
         replay(dataset, train, held_out),
@@ -145,6 +172,9 @@ def evaluate_methods(
         cases.append(case)
         for method, result in zip(methods, results, strict=True):
             scores = method.score(case.query)
+            # Ties are broken by draws that depend on the basket only, not on which methods
+            # ran before: a method's figures do not change when others are added.
+            tie_rng = np.random.default_rng([seed, len(cases)])
             positions = positions_of(scores, case.relevant, tie_rng)
             result.rows.append(case_metrics(positions, len(case.query.candidates)))
             result.curves.append(recall_curve(positions))

@@ -8,10 +8,17 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import CURVE_MAX_K, Case, MethodResult
+from training.evaluate import (
+    CURVE_MAX_K,
+    Case,
+    MethodResult,
+    bootstrap_draws,
+    paired_difference,
+)
 
 TABLE_METRICS = ("AUC", "R@20", "P@20", "nDCG@20", "R@100", "P@100", "nDCG@100")
 REFERENCE_METRICS = ("nDCG@20 (ref.)", "nDCG@100 (ref.)")
+PAIRED_METRICS = ("AUC", "R@20", "R@100", "nDCG@20")
 
 
 def slices(cases: list[Case]) -> dict[str, np.ndarray]:
@@ -22,19 +29,69 @@ def slices(cases: list[Case]) -> dict[str, np.ndarray]:
     }
 
 
-def summarise(results: list[MethodResult], cases: list[Case], seed: int = 0) -> dict:
+def summarise(
+    results: list[MethodResult],
+    cases: list[Case],
+    seed: int = 0,
+    subject: str | None = None,
+    user_ids: np.ndarray | None = None,
+) -> dict:
+    """Every method's means and intervals per slice, from one set of bootstrap resamples per
+    slice shared by all methods; with ``subject`` (a method's name), its paired difference
+    to every other method; and every basket's metrics, so any pair can be compared later."""
     masks = slices(cases)
     rng = np.random.default_rng(seed)
-    return {
+    draws = {name: bootstrap_draws(int(mask.sum()), rng) for name, mask in masks.items()}
+    summary: dict = {
         "baskets": {name: int(mask.sum()) for name, mask in masks.items()},
         "methods": {
             result.name: {
-                "slices": {name: result.summary(mask, rng) for name, mask in masks.items()},
+                "slices": {
+                    name: result.summary(mask, draws[name]) for name, mask in masks.items()
+                },
                 "recall_curve": np.mean(result.curves, axis=0).tolist() if result.curves else [],
             }
             for result in results
         },
+        "per_basket": {
+            "cases": [
+                {
+                    "user": int(c.query.user) if user_ids is None else str(user_ids[c.query.user]),
+                    "time": int(c.query.time),
+                    "candidates": len(c.query.candidates),
+                    "relevant": int(c.relevant.sum()),
+                    "new_user": c.new_user,
+                    "new_items": c.new_items,
+                }
+                for c in cases
+            ],
+            "methods": {
+                result.name: {metric: result.values(metric).tolist() for metric in result.rows[0]}
+                for result in results
+                if result.rows
+            },
+        },
     }
+    by_name = {result.name: result for result in results}
+    if subject is not None and subject in by_name and by_name[subject].rows:
+        mine = by_name[subject]
+        summary["paired"] = {
+            "subject": subject,
+            "against": {
+                other.name: {
+                    name: {
+                        metric: paired_difference(
+                            mine.values(metric)[mask], other.values(metric)[mask], draws[name]
+                        )
+                        for metric in PAIRED_METRICS
+                    }
+                    for name, mask in masks.items()
+                }
+                for other in results
+                if other.name != subject and other.rows
+            },
+        }
+    return summary
 
 
 def _cell(stats: dict[str, float]) -> str:
@@ -58,6 +115,31 @@ def markdown_table(summary: dict, slice_name: str, metrics: tuple[str, ...]) -> 
     return "\n".join(lines)
 
 
+def _difference(stats: dict[str, float]) -> str:
+    if np.isnan(stats["mean"]):
+        return "-"
+    return f"{stats['mean']:+.4f} [{stats['low']:+.3f}, {stats['high']:+.3f}]"
+
+
+def paired_table(summary: dict, slice_name: str) -> str:
+    """The subject minus each other method, per basket, with paired bootstrap intervals."""
+    paired = summary["paired"]
+    lines = [
+        f"Paired differences on the same baskets: {paired['subject']} minus each method "
+        "(mean [95 % paired bootstrap interval]; an interval above zero is a win the "
+        "resampling confirms):",
+        "",
+        "| Against | " + " | ".join(PAIRED_METRICS) + " |",
+        "| --- | " + " | ".join("---:" for _ in PAIRED_METRICS) + " |",
+    ]
+    for name, slices_ in paired["against"].items():
+        stats = slices_[slice_name]
+        lines.append(
+            f"| {name} | " + " | ".join(_difference(stats[m]) for m in PAIRED_METRICS) + " |"
+        )
+    return "\n".join(lines)
+
+
 def markdown_report(summary: dict, title: str) -> str:
     counts = summary["baskets"]
     parts = [
@@ -75,6 +157,8 @@ def markdown_report(summary: dict, title: str) -> str:
         "",
         markdown_table(summary, "all", REFERENCE_METRICS),
     ]
+    if "paired" in summary:
+        parts += ["", paired_table(summary, "all")]
     for name, explanation in (
         (
             "new items",
@@ -88,6 +172,8 @@ def markdown_report(summary: dict, title: str) -> str:
             "",
             markdown_table(summary, name, TABLE_METRICS) if counts[name] else "No such basket.",
         ]
+        if counts[name] and "paired" in summary:
+            parts += ["", paired_table(summary, name)]
     return "\n".join(parts) + "\n"
 
 

@@ -50,10 +50,13 @@ class SamplingConfig:
     margin: float = 0.05
     validation_share: float = 0.05
     seed: int = 0
+    guidelines: tuple[int, ...] = GUIDELINES  # which ones to sample, with "guidelines"
 
     def __post_init__(self) -> None:
         if self.strategy not in ("guidelines", "random"):
             raise ValueError(f"strategy must be 'guidelines' or 'random', got {self.strategy!r}")
+        if not self.guidelines or not set(self.guidelines) <= set(GUIDELINES):
+            raise ValueError(f"guidelines must be a non-empty subset of {GUIDELINES}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -401,7 +404,7 @@ def sample_triples(
     rng = np.random.default_rng(config.seed)
     ctx = _Context(train, clusters, reduced)
     table = _ProfileTable()
-    codes = GUIDELINES if config.strategy == "guidelines" else (RANDOM,)
+    codes = config.guidelines if config.strategy == "guidelines" else (RANDOM,)
     per_code = config.per_guideline if config.strategy == "guidelines" else config.per_guideline * 6
     parts: list[tuple[np.ndarray, ...]] = []
     for code in codes:

@@ -57,6 +57,10 @@ class Dataset:
     purchase_user: np.ndarray  # int64 [P], index into user_ids
     purchase_item: np.ndarray  # int64 [P], index into item_ids
     purchase_time: np.ndarray  # int64 [P]
+    # True when the inventory gave no edition sizes and they were inferred from the purchases
+    # (a work sold k > 1 times is an edition of k): then a subset of the purchases infers
+    # them again from its own, so held-out purchases never shape the training inventory.
+    edition_size_inferred: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
@@ -90,6 +94,7 @@ class Dataset:
         purchase_user: np.ndarray,
         purchase_item: np.ndarray,
         purchase_time: np.ndarray,
+        edition_size_inferred: bool = False,
     ) -> Dataset:
         """Construct with normalised dtypes and purchases in canonical (time, user, item) order."""
         purchase_user = np.asarray(purchase_user, dtype=np.int64)
@@ -106,6 +111,7 @@ class Dataset:
             purchase_user=purchase_user[order],
             purchase_item=purchase_item[order],
             purchase_time=purchase_time[order],
+            edition_size_inferred=edition_size_inferred,
         )
 
     @property
@@ -158,15 +164,28 @@ class Dataset:
         )
 
     def with_purchases(self, keep: np.ndarray) -> Dataset:
-        """The same catalogue and user table with only the purchases where ``keep`` is true."""
+        """The same catalogue and user table with only the purchases where ``keep`` is true
+        (edition sizes inferred from those purchases alone when they were inferred)."""
+        edition_size = (
+            infer_edition_size(self.purchase_item[keep], self.n_items)
+            if self.edition_size_inferred
+            else self.edition_size
+        )
         return Dataset(
             item_ids=self.item_ids,
             artist_ids=self.artist_ids,
             upload_time=self.upload_time,
-            edition_size=self.edition_size,
+            edition_size=edition_size,
             features=self.features,
             user_ids=self.user_ids,
             purchase_user=self.purchase_user[keep],
             purchase_item=self.purchase_item[keep],
             purchase_time=self.purchase_time[keep],
+            edition_size_inferred=self.edition_size_inferred,
         )
+
+
+def infer_edition_size(purchase_item: np.ndarray, n_items: int) -> np.ndarray:
+    """[n_items] edition sizes when the inventory does not say: a work sold more than once
+    must have been an edition with at least as many copies as were sold."""
+    return np.maximum(np.bincount(purchase_item, minlength=n_items), 1).astype(np.int64)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.dataset import Dataset
+from training.data.dataset import Dataset, infer_edition_size
 
 log = logging.getLogger(__name__)
 
@@ -356,12 +356,12 @@ def load_dataset(
         np.asarray(purchases.user_ids, dtype=str), return_inverse=True
     )
 
-    if inventory.edition_size is not None:
-        edition_size = np.asarray(inventory.edition_size, dtype=np.int64)
-    else:
-        # The published inventory does not say which works are editions: a work sold more
-        # than once must have been one, with at least as many copies as were sold.
-        edition_size = np.maximum(np.bincount(purchase_item, minlength=len(rows)), 1)
+    inferred = inventory.edition_size is None  # the published inventory does not say
+    edition_size = (
+        infer_edition_size(purchase_item, len(rows))
+        if inferred
+        else np.asarray(inventory.edition_size, dtype=np.int64)
+    )
 
     dataset = Dataset.build(
         item_ids=np.asarray(inventory.item_ids, dtype=str),
@@ -373,6 +373,7 @@ def load_dataset(
         purchase_user=purchase_user,
         purchase_item=purchase_item,
         purchase_time=np.asarray(purchases.times, dtype=np.int64),
+        edition_size_inferred=inferred,
     )
     early = int(purchases_before_upload(dataset).sum())
     if early:
