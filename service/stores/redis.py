@@ -290,7 +290,9 @@ class RedisStore:
                 json.dumps(item.metadata),
                 item.model_version,
             ]
-        created, updated, keys = [], [], []
+        created: list[str] = []
+        updated: list[str] = []
+        keys: list[int] = []
         for item, (key, is_new) in zip(items, self._upsert(args=args), strict=True):
             (created if is_new else updated).append(item.id)
             keys.append(key)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from curatornet.dataset import Dataset
 from service.app import create_app
 from service.config import Settings
 from tests.service.helpers import FEATURES_MODEL, item_payload, random_item
-from training.data.dataset import Dataset
 from training.data.formats import load_dataset
 
 KEY = "s3cret"

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from curatornet.synthetic import MarketConfig, generate
 from service.demo import load_demo_market
 from service.encoders import LoadOptions, load_model
 from service.index import ItemIndex
 from service.recommender import Recommender
 from service.stores import open_store
 from tests.service.helpers import DEFAULT_MODEL, FEATURES_MODEL, exported
-from training.synthetic import MarketConfig, generate
 
 SCALE = 0.02
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from training.data.dataset import Dataset
+from curatornet.dataset import Dataset
 from training.data.formats import purchases_before_upload, purchases_beyond_stock
 
 
