@@ -20,7 +20,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from service.api import admin, health, items, purchases, recommend, users
-from service.api.routing import CuratorNetAPI
 from service.config import Settings
 from service.index import ItemIndex
 from service.indexing import CatalogueIndex
@@ -107,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             follower.join(timeout=5)
             store.close()
 
-    app = CuratorNetAPI(
+    app = FastAPI(
         title="CuratorNet service",
         summary="Visually-aware artwork recommendations, new works and customers included",
         version="0.1.0",

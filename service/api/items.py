@@ -3,6 +3,7 @@ similar ones. Uploads are checked, embedded and stored by `service.ingest`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -10,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, model_validator
 
 from service.api.deps import (
@@ -20,7 +22,7 @@ from service.api.deps import (
     StoreDep,
     WriteAccess,
 )
-from service.api.routing import FormRoute, JsonBodyRoute
+from service.api.routing import FORM, FormRoute, JsonBodyRoute
 from service.api.schemas import Identifier, RecommendedItem
 from service.ingest import Upload, UploadRefused, ingest
 
@@ -207,7 +209,7 @@ async def upload_items(
 
 
 async def upload_picture(
-    form: Annotated[ItemForm, Form(media_type="multipart/form-data")],
+    form: Annotated[ItemForm, Form(media_type=FORM)],
     serving: ServingDep,
     catalogue: CatalogueDep,
     settings: SettingsDep,
@@ -227,16 +229,35 @@ async def upload_picture(
     return UpsertOut(**asdict(ingested))
 
 
-for endpoint, route_class in ((upload_items, JsonBodyRoute), (upload_picture, FormRoute)):
+def _form_schema() -> dict[str, Any]:
+    """ItemForm's JSON schema, its nested models referring to the document's components."""
+    schema = ItemForm.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # ItemMetadata: already a component, from ItemIn
+    return schema
+
+
+def _add_upload_route(
+    endpoint: Callable[..., Any], route_class: type[APIRoute], **documentation: Any
+) -> None:
     router.add_api_route(
         "/items",
         endpoint,
         methods=["POST"],
         response_model=UpsertOut,
         dependencies=[WriteAccess],
-        summary="Add or replace artworks (one, a batch under 'items', or a picture in a form)",
         route_class_override=route_class,
+        **documentation,
     )
+
+
+_add_upload_route(
+    upload_items,
+    JsonBodyRoute,
+    summary="Add or replace artworks: one, a batch under 'items', or a picture in a form",
+    # One operation documents both bodies: FastAPI's schema has one per path and method.
+    openapi_extra={"requestBody": {"content": {FORM: {"schema": _form_schema()}}}},
+)
+_add_upload_route(upload_picture, FormRoute, include_in_schema=False)
 
 
 def _timestamp(seconds: float) -> datetime:

@@ -2,8 +2,7 @@
 
 FastAPI binds one kind of body per endpoint, and Starlette picks a route by path and method
 only. These route classes also look at the content type, so each kind of upload has its own
-typed endpoint, and `CuratorNetAPI` documents both bodies under the one operation (FastAPI's
-own schema would keep only the last route's).
+typed endpoint.
 """
 
 from __future__ import annotations
@@ -11,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match
 from starlette.types import Scope
 
 FORM = "multipart/form-data"
@@ -59,8 +57,9 @@ class JsonBodyRoute(APIRoute):
                 for problem in errors:
                     if problem["type"] == "json_invalid":
                         reason = problem.get("ctx", {}).get("error", problem["msg"])
+                        where = f"character {problem['loc'][-1]}"
                         raise HTTPException(
-                            400, f"the body is not valid JSON: {reason} at {problem['loc'][-1]}"
+                            400, f"the body is not valid JSON: {reason} ({where})"
                         ) from None
                 raise RequestValidationError(
                     [{**e, "loc": self._untagged(tuple(e["loc"]))} for e in errors],
@@ -71,33 +70,3 @@ class JsonBodyRoute(APIRoute):
 
     def _untagged(self, loc: tuple[Any, ...]) -> tuple[Any, ...]:
         return (loc[0], *loc[2:]) if len(loc) > 1 and loc[1] in self.TAGS else loc
-
-
-class CuratorNetAPI(FastAPI):
-    """FastAPI, with the request bodies of form routes documented beside the JSON bodies of
-    routes on the same path and method."""
-
-    def openapi(self) -> dict[str, Any]:
-        if self.openapi_schema is None:
-            forms: list[BaseRoute] = [r for r in self.routes if isinstance(r, FormRoute)]
-            others = [r for r in self.routes if not isinstance(r, FormRoute)]
-            schema, form_schema = self._schema(others), self._schema(forms)
-            for path, operations in form_schema.get("paths", {}).items():
-                for method, operation in operations.items():
-                    target = schema["paths"].setdefault(path, {}).setdefault(method, operation)
-                    target.setdefault("requestBody", {"content": {}})["content"].update(
-                        operation["requestBody"]["content"]
-                    )
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(form_schema.get("components", {}).get("schemas", {}))
-            self.openapi_schema = schema
-        return self.openapi_schema
-
-    def _schema(self, routes: list[BaseRoute]) -> dict[str, Any]:
-        return get_openapi(
-            title=self.title,
-            version=self.version,
-            summary=self.summary,
-            description=self.description,
-            routes=routes,
-        )
