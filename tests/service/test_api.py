@@ -499,7 +499,7 @@ def test_operations_endpoints(client: TestClient) -> None:
     json_shapes = {ref["$ref"] for ref in upload["application/json"]["schema"]["oneOf"]}
     assert json_shapes == {"#/components/schemas/ItemIn", "#/components/schemas/ItemBatch"}
     form = upload["multipart/form-data"]["schema"]
-    assert form["properties"]["image"]["format"] == "binary"
+    assert form["properties"]["image"]["contentMediaType"] == "application/octet-stream"
     assert set(form["required"]) == {"id", "artist_id", "image"}
 
 
