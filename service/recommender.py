@@ -49,6 +49,9 @@ class Recommendations:
 
 
 class Recommender:
+    """Ranks what the catalogue index holds, from one serving snapshot per request. It only
+    reads the store; a hit found sold is handed back to the index to drop."""
+
     def __init__(self, store: Store, catalogue: CatalogueIndex, history_length: int) -> None:
         self._store, self._catalogue, self.history_length = store, catalogue, history_length
 
