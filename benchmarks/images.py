@@ -30,8 +30,9 @@ ENCODER = ROOT / "models" / "encoders" / "efficientnet-lite0.json"
 MODEL_DIR = ROOT / "models" / "default"  # the shipped model, trained on painted works
 sys.path.insert(0, str(ROOT))
 
-from service.images import decode, load_image_encoder  # noqa: E402
-from training.painter import looks, paint  # noqa: E402
+from curatornet.image_encoder import load_image_encoder  # noqa: E402
+from curatornet.painter import looks, paint  # noqa: E402
+from service.ingest import decode  # noqa: E402
 
 
 def jpeg_paintings(count: int) -> list[bytes]:

@@ -206,7 +206,7 @@ class Service:
 
     def rebuilds_from_metrics(self) -> list[float]:
         """Distinct curatornet_index_rebuild_seconds values, one per worker reached."""
-        values = set()
+        values: set[float] = set()
         for _ in range(METRIC_SCRAPES):
             text = httpx.get(f"{self.url}/metrics", timeout=30).text
             values.update(float(v) for v in REBUILD_METRIC.findall(text))
@@ -417,9 +417,10 @@ class NaiveRecommender:
         import onnx
         from onnx import numpy_helper
 
+        from curatornet.model_format import MANIFEST_FILE
         from training.model import CuratorNet, ModelConfig
 
-        manifest = json.loads((model_dir / "manifest.json").read_text())
+        manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
         weights = {}
         for key in ("item_tower", "user_tower"):
             graph = onnx.load(model_dir / manifest[key]["file"]).graph
@@ -442,7 +443,7 @@ class NaiveRecommender:
 
     def parity_with_onnx(self, model_dir: Path, seed: int) -> float:
         """Max |Keras - ONNX Runtime| over both towers: the weights are the trained ones."""
-        from service.encoders import load_model
+        from curatornet.model_loader import load_model
 
         served = load_model(model_dir)
         _, block = next(catalogue_batches(64, seed))

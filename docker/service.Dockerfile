@@ -4,8 +4,9 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+# The service and what it shares with training; never training/ itself (tests/test_imports.py).
+COPY curatornet ./curatornet
 COPY service ./service
-COPY training ./training
 # The runtime dependencies only (no extras): the trainer image carries TensorFlow, this one not.
 RUN python -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir .

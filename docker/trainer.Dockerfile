@@ -12,7 +12,7 @@ RUN useradd --system --uid 10001 --create-home --shell /usr/sbin/nologin trainer
     && chown trainer /data /models
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY service ./service
+COPY curatornet ./curatornet
 COPY training ./training
 # The image encoder that `synth --images` and `train --image-encoder` use.
 COPY models/encoders ./models/encoders

@@ -85,20 +85,20 @@ def _serve(settings: Settings) -> None:
 
 
 def _load_demo(settings: Settings) -> None:
+    from curatornet.model_format import ModelError
     from service.demo import load_demo_market
-    from service.encoders import ModelError
     from service.index import ItemIndex
-    from service.recommender import FeatureDimensionMismatch, Recommender
-    from service.rollout import load, model_dir_at_start
+    from service.indexing import CatalogueIndex, FeatureDimensionMismatch
+    from service.rollout import ModelRollouts
     from service.stores import open_store
 
     # Every core for ONNX Runtime: a first demo runs the image encoder over the whole market.
     options = dataclasses.replace(settings.model_loading(), threads=None)
     store = open_store(settings.store_url)
     try:
-        recommender = Recommender(store, settings.history_length, ItemIndex)
-        recommender.serve(load(model_dir_at_start(store, settings.model_dir), options))
-        load_demo_market(recommender, demo_dir=settings.demo_dir)
+        catalogue = CatalogueIndex(store, ItemIndex)
+        ModelRollouts(store, catalogue, options).start(settings.model_dir)
+        load_demo_market(store, catalogue, demo_dir=settings.demo_dir)
     except (ModelError, FeatureDimensionMismatch) as error:
         raise SystemExit(f"error: {error}") from None
     finally:

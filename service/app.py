@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse
 from service.api import admin, health, items, purchases, recommend, users
 from service.config import Settings
 from service.index import ItemIndex
+from service.indexing import CatalogueIndex
 from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.recommender import Recommender
-from service.rollout import FleetFollower, load, model_dir_at_start, record_started
+from service.rollout import ModelRollouts
 from service.stores import open_store
 from service.stores.base import NotForSaleError, UnknownItemsError
 
@@ -33,19 +34,19 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _follow(
-    recommender: Recommender, fleet: FleetFollower, interval: float, stop: threading.Event
+    catalogue: CatalogueIndex, rollouts: ModelRollouts, interval: float, stop: threading.Event
 ) -> None:
     """Every tick: follow the fleet's model, then the change log. After the store was
     unreachable, rebuild from it: entries may have been lost or trimmed meanwhile."""
     reachable = True
     while not stop.wait(interval):
         with contextlib.suppress(Exception):  # the store is down: the change log says so
-            fleet.tick()
+            rollouts.follow_fleet()
         try:
-            recommender.follow_changes()
+            catalogue.follow_changes()
             if not reachable:
                 log.info("the store answers again: rebuilding the index from it")
-                recommender.serve(recommender.model)
+                rollouts.rebuild()
                 reachable = True
         except Exception:  # a store hiccup must not kill the follower; the next tick retries
             if reachable:
@@ -67,17 +68,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         faiss.omp_set_num_threads(settings.inference_threads)
         store = open_store(settings.store_url)
         try:
-            model_dir = model_dir_at_start(store, settings.model_dir)
-            model = load(model_dir, settings.model_loading())
-            recommender = Recommender(
+            catalogue = CatalogueIndex(
                 store,
-                settings.history_length,
                 lambda dim: ItemIndex(
                     dim, settings.index_kind, settings.hnsw_m, settings.hnsw_ef_search
                 ),
             )
-            started = recommender.serve(model)
-            record_started(store, model)
+            rollouts = ModelRollouts(store, catalogue, settings.model_loading())
+            started = rollouts.start(settings.model_dir)
         except BaseException:
             store.close()
             raise
@@ -91,16 +89,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             started.embedded,
             started.seconds,
         )
-        app.state.settings, app.state.recommender, app.state.metrics = (
-            settings,
-            recommender,
-            metrics,
-        )
+        app.state.settings, app.state.metrics, app.state.store = settings, metrics, store
+        app.state.catalogue, app.state.rollouts = catalogue, rollouts
+        app.state.recommender = Recommender(store, catalogue, settings.history_length)
         stop = threading.Event()
-        fleet = FleetFollower(recommender, settings.model_loading())
         follower = threading.Thread(
             target=_follow,
-            args=(recommender, fleet, settings.sync_interval_s, stop),
+            args=(catalogue, rollouts, settings.sync_interval_s, stop),
             daemon=True,
         )
         follower.start()

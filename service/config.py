@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.encoders import LoadOptions
+from curatornet.model_loader import LoadOptions
 
 
 class Settings(BaseSettings):

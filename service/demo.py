@@ -20,16 +20,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.recommender import ItemDraft, Recommender
-
-if TYPE_CHECKING:
-    from service.encoders import LoadedModel
-    from service.images import ImageEncoder
-    from training.synthetic import Market
+from curatornet import image_encoder, painter, synthetic
+from curatornet.image_encoder import ImageEncoder
+from curatornet.model_loader import LoadedModel
+from curatornet.painter import looks, paint, styles_like
+from curatornet.synthetic import Market, MarketConfig, generate
+from service.indexing import CatalogueIndex
+from service.stores.base import NewItem, Store
 
 log = logging.getLogger("service.demo")
 BATCH = 1000
@@ -37,41 +37,45 @@ NEW_WORKS = 3
 
 
 def load_demo_market(
-    recommender: Recommender, demo_dir: Path, seed: int = 0, scale: float = 1.0
+    store: Store, catalogue: CatalogueIndex, demo_dir: Path, seed: int = 0, scale: float = 1.0
 ) -> None:
-    existing = recommender.store.counts().items
+    existing = store.counts().items
     if existing:
         log.info(
             "demo: the store already holds %d items; not loading the synthetic market", existing
         )
         return
-    market = _market_for(recommender.model, seed, scale, demo_dir)
+    model = catalogue.serving.model
+    market = _market_for(model, seed, scale, demo_dir)
     data = market.dataset
     order = np.argsort(data.upload_time, kind="stable")
     for start in range(0, len(order), BATCH):
         rows = order[start : start + BATCH]
-        recommender.add_items(
+        embeddings = model.embed_items(data.features[rows])
+        catalogue.upsert_items(
             [
-                ItemDraft(
+                NewItem(
                     id=str(data.item_ids[i]),
                     artist_id=str(data.artist_ids[i]),
                     features=data.features[i],
+                    embedding=embedding,
                     edition_size=None if data.edition_size[i] == 1 else int(data.edition_size[i]),
                     stock=int(data.edition_size[i]),
                     metadata={"title": f"Synthetic work {data.item_ids[i]}"},
+                    model_version=model.version,
                 )
-                for i in rows
+                for i, embedding in zip(rows, embeddings, strict=True)
             ]
         )
     baskets = data.baskets
     for b in np.argsort(baskets.time, kind="stable"):
         purchases = baskets.purchases_of(b)
-        recommender.purchase(
+        catalogue.record_purchase(
             str(data.user_ids[baskets.user[b]]),
             [str(data.item_ids[data.purchase_item[p]]) for p in purchases],
             float(baskets.time[b]),
         )
-    counts = recommender.store.counts()
+    counts = store.counts()
     busiest = np.bincount(data.purchase_user).argsort()[::-1][:3]
     log.info(
         "demo: loaded %d artworks (%d for sale) and %d purchases by %d customers; try user_id %s",
@@ -81,7 +85,7 @@ def load_demo_market(
         counts.users,
         ", ".join(str(data.user_ids[u]) for u in busiest),
     )
-    if recommender.model.image_encoder is not None:
+    if model.image_encoder is not None:
         fan, artist, paths = paint_new_works(market, demo_dir / "new-works")
         log.info(
             "demo: customer %s has bought only works by artist %s; new paintings in that "
@@ -94,8 +98,6 @@ def load_demo_market(
 
 def _market_for(model: LoadedModel, seed: int, scale: float, demo_dir: Path) -> Market:
     """The market with the features the model was trained on: vectors or encoded paintings."""
-    from training.synthetic import MarketConfig, generate
-
     config = MarketConfig().scaled(scale)
     if model.image_encoder is None:
         if model.feature_dim != config.feature_dim:
@@ -114,13 +116,10 @@ def _painted_features(
     market: Market, encoder: ImageEncoder, market_key: str, demo_dir: Path
 ) -> np.ndarray:
     """The market's paintings through the encoder, from the cache when it holds them."""
-    from service import images
-    from training import painter, synthetic
-
     # Everything that decides the features: the market, the painter, the preprocessing
     # (code and parameters) and the encoder's weights.
     sources = b"".join(
-        Path(module.__file__).read_bytes() for module in (painter, synthetic, images)
+        Path(str(module.__file__)).read_bytes() for module in (painter, synthetic, image_encoder)
     )
     recipe = f"{market_key}:{encoder.sha256}:{encoder.steps}:".encode() + sources
     cache = demo_dir / f"painted-market-{hashlib.sha256(recipe).hexdigest()[:16]}.npy"
@@ -180,8 +179,6 @@ def paint_new_works(
     """JPEGs of `count` new works in the style of an artist, and the customer to show them to:
     the one with the most purchases that are all by one artist. Returns (customer id, artist
     id, paths)."""
-    from training.painter import looks, paint, styles_like
-
     data, truth = market.dataset, market.truth
     bought_artist = truth.item_artist[data.purchase_item]
     n_artists = int(truth.item_artist.max()) + 1

@@ -47,11 +47,13 @@ class ItemIndex:
         self._reset()
 
     def _reset(self) -> None:
+        inner: faiss.Index
         if self.kind == "flat":
             inner = faiss.IndexFlatIP(self.dim)
         else:
-            inner = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            inner.hnsw.efSearch = self.hnsw_ef_search
+            graph = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efSearch = self.hnsw_ef_search
+            inner = graph
         self._faiss = faiss.IndexIDMap2(inner)
         self._entries: dict[int, Entry] = {}  # slot -> entry
         self._slot_of: dict[int, int] = {}  # key -> live slot
@@ -114,7 +116,7 @@ class ItemIndex:
                 if not artist_slots:
                     del self._slots_by_artist[entry.artist_id]
             if self.kind == "flat":
-                self._faiss.remove_ids(np.array(slots, dtype=np.int64))
+                self._faiss.remove_ids(faiss.IDSelectorBatch(np.array(slots, dtype=np.int64)))
                 return
             self._tombstones.update(slots)
             for slot in slots:
@@ -196,8 +198,12 @@ class ItemIndex:
     def _search(
         self, query: np.ndarray, k: int, selector: faiss.IDSelector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        # faiss's stubs lack SearchParametersHNSW and the keyword arguments its Python wrapper
+        # takes; both are documented and used as the library's own tests use them.
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(self.hnsw_ef_search, k))
+            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+                sel=selector, efSearch=max(self.hnsw_ef_search, k)
+            )
         else:
-            params = None if selector is None else faiss.SearchParameters(sel=selector)
+            params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         return self._faiss.search(query, k, params=params)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1, 5)
@@ -74,8 +75,12 @@ class MetricsMiddleware:
             self.metrics.latency.labels(method, path).observe(time.perf_counter() - started)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while the body is read: an HTTPException, so that FastAPI's body parsing, which
+    turns other errors into a 400, lets it through as the 413 it is."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is larger than {limit} bytes")
 
 
 class BodyLimitMiddleware:
@@ -106,7 +111,7 @@ class BodyLimitMiddleware:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > limit:
-                raise BodyTooLarge
+                raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:

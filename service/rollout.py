@@ -11,10 +11,12 @@ rolls the fleet back.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
-from service.encoders import LoadedModel, LoadOptions, ModelError, load_model
-from service.recommender import Recommender, Rollout
+from curatornet.model_format import ModelError
+from curatornet.model_loader import LoadedModel, LoadOptions, load_model
+from service.indexing import CatalogueIndex, IndexBuild
 from service.stores.base import Store
 
 log = logging.getLogger(__name__)
@@ -37,70 +39,80 @@ def model_dir_at_start(store: Store, configured: Path) -> Path:
     return Path(chosen)
 
 
-def record_started(store: Store, model: LoadedModel) -> None:
-    """After a start that adopted the environment's directory: the version it holds."""
-    if store.get_setting(CHOSEN) == str(model.directory) and not store.get_setting(CHOSEN_VERSION):
-        store.set_setting(CHOSEN_VERSION, model.version)
-
-
-def load(model_dir: Path | str, options: LoadOptions) -> LoadedModel:
-    """load_model, with every way a directory can be unreadable turned into ModelError."""
-    try:
-        return load_model(model_dir, options)
-    except ModelError:
-        raise
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ModelError(f"{model_dir}: cannot be loaded ({error})") from None
-
-
-def roll_out(recommender: Recommender, model_dir: Path, options: LoadOptions) -> Rollout:
-    """Serve `model_dir` here and make it, at the version it holds now, the fleet's choice.
-
-    Raises ModelError or FeatureDimensionMismatch, leaving the current model in place. One
-    roll-out at a time: a second waits, and the follower skips its tick meanwhile.
-    """
-    with recommender.rollout_lock:
-        model = load(model_dir, options)
-        rollout = recommender.serve(model)
-        recommender.store.set_setting(CHOSEN, str(model_dir))
-        recommender.store.set_setting(CHOSEN_VERSION, model.version)
-    log.info(
-        "rolled out model %s from %s: %d items indexed, %d re-embedded, %.2f s",
-        rollout.version,
-        rollout.model_dir,
-        rollout.indexed,
-        rollout.embedded,
-        rollout.seconds,
-    )
-    return rollout
-
-
-class FleetFollower:
-    """Called on every sync tick: roll out here what another process rolled out.
-
-    The choice is a directory and the version it held when rolled out, so retraining into
-    the same directory and rolling out again reaches every process, and a directory that
-    changed since (half written, or retrained without a roll-out) is refused, not served.
+class ModelRollouts:
+    """Every switch of this process's model: at start-up, through the admin endpoint, after
+    another process rolled one out, and the rebuild of the same model's index after the store
+    was unreachable. One at a time; the last one is remembered for /metrics.
     """
 
-    def __init__(self, recommender: Recommender, options: LoadOptions) -> None:
-        self.recommender, self.options = recommender, options
+    def __init__(self, store: Store, catalogue: CatalogueIndex, options: LoadOptions) -> None:
+        self._store, self._catalogue, self._options = store, catalogue, options
+        self._lock = threading.Lock()
         self._refused: set[tuple[str, str]] = set()  # tried and failed; not retried each tick
+        self.last_build: IndexBuild | None = None
 
-    def tick(self) -> None:
-        store = self.recommender.store
-        chosen, version = store.get_setting(CHOSEN), store.get_setting(CHOSEN_VERSION)
-        if not chosen or not version or version == self.recommender.model_version:
+    def _switch(self, model: LoadedModel) -> IndexBuild:
+        self.last_build = self._catalogue.switch_model(model)
+        return self.last_build
+
+    def start(self, configured: Path) -> IndexBuild:
+        """Serve the model this process should start with (see the module docstring)."""
+        with self._lock:
+            model = load_model(model_dir_at_start(self._store, configured), self._options)
+            build = self._switch(model)
+            # After a start that adopted the environment's directory: the version it holds.
+            chosen = self._store.get_setting(CHOSEN)
+            if chosen == str(model.directory) and not self._store.get_setting(CHOSEN_VERSION):
+                self._store.set_setting(CHOSEN_VERSION, model.version)
+            return build
+
+    def roll_out(self, model_dir: Path) -> IndexBuild:
+        """Serve `model_dir` here and make it, at the version it holds now, the fleet's choice.
+
+        Raises ModelError or FeatureDimensionMismatch, leaving the current model in place. One
+        roll-out at a time: a second waits, and the fleet follower skips its tick meanwhile.
+        """
+        with self._lock:
+            model = load_model(model_dir, self._options)
+            build = self._switch(model)
+            self._store.set_setting(CHOSEN, str(model_dir))
+            self._store.set_setting(CHOSEN_VERSION, model.version)
+        log.info(
+            "rolled out model %s from %s: %d items indexed, %d re-embedded, %.2f s",
+            build.version,
+            build.model_dir,
+            build.indexed,
+            build.embedded,
+            build.seconds,
+        )
+        return build
+
+    def rebuild(self) -> IndexBuild:
+        """The index of the model being served, rebuilt from the store: after the store was
+        unreachable, when change-log entries may have been lost or trimmed."""
+        with self._lock:
+            return self._switch(self._catalogue.serving.model)
+
+    def follow_fleet(self) -> None:
+        """Called on every sync tick: roll out here what another process rolled out.
+
+        The choice is a directory and the version it held when rolled out, so retraining into
+        the same directory and rolling out again reaches every process, and a directory that
+        changed since (half written, or retrained without a roll-out) is refused, not served.
+        """
+        chosen = self._store.get_setting(CHOSEN)
+        version = self._store.get_setting(CHOSEN_VERSION)
+        if not chosen or not version or version == self._catalogue.serving.model.version:
             return
         if (chosen, version) in self._refused:
             return
-        if not self.recommender.rollout_lock.acquire(blocking=False):
+        if not self._lock.acquire(blocking=False):
             return  # a roll-out is under way in this process
         try:
-            model = load(chosen, self.options)
+            model = load_model(chosen, self._options)
             if model.version != version:
                 raise ModelError(f"{chosen} now holds model {model.version}, not {version}")
-            self.recommender.serve(model)
+            self._switch(model)
             log.info("followed the fleet to model %s from %s", version, chosen)
         except Exception as error:  # whatever it is, this process keeps its current model
             self._refused.add((chosen, version))
@@ -108,4 +120,4 @@ class FleetFollower:
                 "cannot serve %s (%s), chosen through another process: %s", chosen, version, error
             )
         finally:
-            self.recommender.rollout_lock.release()
+            self._lock.release()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from training.synthetic import MarketConfig, generate, save_market
+from curatornet.synthetic import MarketConfig, generate
+from training.data.formats import save_market
 
 TINY_SCALE = 0.05
 TINY_SEED = 11

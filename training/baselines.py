@@ -1,24 +1,23 @@
 """The methods the evaluation compares, behind one interface: fit on training data, then
 score the candidates of one replayed basket.
 
-CuratorNet is scored through its exported ONNX files (the artefacts the service serves),
-never through Keras.
+CuratorNet is scored through its exported ONNX files, opened by the loader the service uses
+(`curatornet.model_loader`, with every check of the model format), never through Keras.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import onnxruntime as ort
 
-from training.data.dataset import Dataset
+from curatornet.dataset import Dataset
+from curatornet.model_loader import LoadedModel, load_model
+from curatornet.synthetic import MarketTruth
 from training.sampling import SamplingConfig, Triples, sample_triples
-from training.synthetic import MarketTruth
 
 log = logging.getLogger(__name__)
 
@@ -95,33 +94,27 @@ class CuratorNetOnnx:
         self.directory = Path(directory)
         self.name = name
         self.history_limit = history_limit
-        self.manifest = json.loads((self.directory / "manifest.json").read_text())
+        self.model: LoadedModel = load_model(self.directory)
         self.embeddings: np.ndarray | None = None
 
-    def _session(self, key: str) -> ort.InferenceSession:
-        path = self.directory / self.manifest[key]["file"]
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
     def fit(self, train: Dataset) -> None:
-        if train.feature_dim != self.manifest["feature_dim"]:
+        if train.feature_dim != self.model.feature_dim:
             raise ValueError(
-                f"{self.directory}: model expects {self.manifest['feature_dim']}-d features, "
+                f"{self.directory}: model expects {self.model.feature_dim}-d features, "
                 f"the data has {train.feature_dim}"
             )
-        items = self._session("item_tower")
         self.embeddings = np.concatenate(
             [
-                items.run(["embedding"], {"features": train.features[start : start + 4096]})[0]
+                self.model.embed_items(train.features[start : start + 4096])
                 for start in range(0, train.n_items, 4096)
             ]
         )
-        self.users = self._session("user_tower")
 
     def score(self, query: Query) -> np.ndarray:
         assert self.embeddings is not None
         history = self.embeddings[query.profile[-self.history_limit :]][None]
         mask = np.ones(history.shape[:2], np.float32)
-        user = self.users.run(["user"], {"history": history, "mask": mask})[0][0]
+        user = self.model.embed_users(history, mask)[0]
         return self.embeddings[query.candidates] @ user
 
 

@@ -14,10 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from training.data.formats import DataError, load_dataset, save_dataset
+from curatornet.model_format import MANIFEST_FILE
+from curatornet.synthetic import MarketConfig, generate
+from training.data.formats import DataError, load_dataset, save_dataset, save_market
 from training.data.stats import describe, format_table
 from training.sampling import PRESETS
-from training.synthetic import MarketConfig, generate, save_market
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +47,8 @@ def _synth(args: argparse.Namespace) -> int:
     if args.images:
         from tqdm import tqdm
 
-        from service.images import load_image_encoder
-        from training.painter import paint_market
+        from curatornet.image_encoder import load_image_encoder
+        from curatornet.painter import paint_market
 
         encoder = load_image_encoder(args.encoder)
         ids = market.dataset.item_ids
@@ -139,7 +140,7 @@ def _ablation_model(args: argparse.Namespace, main_manifest: dict) -> Path:
     from training.pipeline import RunConfig, train_and_export
 
     directory = args.ablation_model or args.out / "curatornet-random"
-    if not (directory / "manifest.json").is_file():
+    if not (directory / MANIFEST_FILE).is_file():
         preset = main_manifest.get("training", {}).get("preset", "quick")
         seed = main_manifest.get("training", {}).get("seed", 0)
         print(f"training the uniform-negative ablation ({preset} preset) into {directory}")
@@ -155,12 +156,12 @@ def _ablation_model(args: argparse.Namespace, main_manifest: dict) -> Path:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from curatornet.synthetic import TASTES_FILE, load_truth
     from training import baselines
     from training.clusters import ClusterConfig, load_or_compute_clusters
     from training.evaluate import evaluate_methods
     from training.report import markdown_report, summarise, write_report
     from training.split import split_last_basket
-    from training.synthetic import TASTES_FILE, load_truth
 
     keys = list(METHODS) if args.methods == "all" else args.methods.split(",")
     unknown = sorted(set(keys) - set(METHODS))
@@ -175,8 +176,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         keys.remove("ceiling")
     dataset = _load(args)
     train, held_out = split_last_basket(dataset)
-    main_manifest = json.loads((args.model / "manifest.json").read_text())
-    methods = []
+    main_manifest = json.loads((args.model / MANIFEST_FILE).read_text())
+    methods: list[baselines.Method] = []
     clusters = None
     if {"vbpr", "vbpr-random"} & set(keys):
         clusters = load_or_compute_clusters(
@@ -191,6 +192,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             methods += [baselines.VisRank("max"), baselines.VisRank("avg")]
         elif key in ("vbpr", "vbpr-random"):
             strategy = "guidelines" if key == "vbpr" else "random"
+            assert clusters is not None  # computed above whenever a VBPR is asked for
             config = baselines.VBPRConfig(seed=args.seed)
             methods.append(baselines.VBPR(clusters.labels, clusters.reduced, strategy, config))
         elif key == "curatornet":

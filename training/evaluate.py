@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from curatornet.dataset import Dataset
 from training.baselines import Method, Query
-from training.data.dataset import Dataset
 from training.metrics import (
     auc,
     ndcg_at,

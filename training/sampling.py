@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.data.dataset import Dataset
+from curatornet.dataset import Dataset
 
 log = logging.getLogger(__name__)
 

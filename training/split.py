@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.data.dataset import Dataset
+from curatornet.dataset import Dataset
 
 
 def holdout_mask(dataset: Dataset) -> np.ndarray:

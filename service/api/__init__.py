@@ -1,1 +1,2 @@
-"""HTTP routes, one module per resource; they validate and translate, the Recommender acts."""
+"""HTTP routes, one router per resource: they validate and translate, the service layer acts
+(`ingest`, `indexing`, `recommender`, `rollout`), reached through the aliases in `deps`."""

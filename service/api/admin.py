@@ -8,10 +8,9 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import AdminAccess, RecommenderDep, SettingsDep
-from service.encoders import ModelError
-from service.recommender import FeatureDimensionMismatch
-from service.rollout import roll_out
+from curatornet.model_format import ModelError
+from service.api.deps import AdminAccess, RolloutsDep
+from service.indexing import FeatureDimensionMismatch
 
 router = APIRouter(tags=["admin"])
 
@@ -35,15 +34,11 @@ class RolloutOut(BaseModel):
 
 
 @router.post("/admin/model", response_model=RolloutOut, dependencies=[AdminAccess])
-async def roll_out_model(
-    request: RolloutIn, recommender: RecommenderDep, settings: SettingsDep
-) -> RolloutOut:
+async def roll_out_model(request: RolloutIn, rollouts: RolloutsDep) -> RolloutOut:
     """Re-embed the catalogue with the new model, build its index and swap it in; requests are
     answered by the old model until the swap. Other replicas follow within a sync interval."""
     try:
-        rollout = await run_in_threadpool(
-            roll_out, recommender, Path(request.model_dir), settings.model_loading()
-        )
+        rollout = await run_in_threadpool(rollouts.roll_out, Path(request.model_dir))
     except ModelError as error:
         raise HTTPException(422, f"cannot load that model: {error}") from None
     except FeatureDimensionMismatch as error:

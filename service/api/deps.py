@@ -8,15 +8,41 @@ from typing import Annotated
 from fastapi import Depends, Header, HTTPException, Request
 
 from service.config import Settings
+from service.indexing import CatalogueIndex, Serving
+from service.observability import ServiceMetrics
 from service.recommender import Recommender
+from service.rollout import ModelRollouts
+from service.stores.base import Store
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def get_catalogue(request: Request) -> CatalogueIndex:
+    return request.app.state.catalogue
+
+
+def get_serving(request: Request) -> Serving:
+    """The model and index being served, read once: a request that uses both uses one pair
+    even when a roll-out swaps them meanwhile."""
+    return get_catalogue(request).serving
+
+
 def get_recommender(request: Request) -> Recommender:
     return request.app.state.recommender
+
+
+def get_rollouts(request: Request) -> ModelRollouts:
+    return request.app.state.rollouts
+
+
+def get_metrics(request: Request) -> ServiceMetrics:
+    return request.app.state.metrics
 
 
 def require_api_key(
@@ -45,6 +71,13 @@ def require_configured_key(
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+# Reads only (an item, a history, a ping): every write goes through CatalogueDep, which keeps
+# the index in step.
+StoreDep = Annotated[Store, Depends(get_store)]
+CatalogueDep = Annotated[CatalogueIndex, Depends(get_catalogue)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+RolloutsDep = Annotated[ModelRollouts, Depends(get_rollouts)]
+MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 WriteAccess = Depends(require_api_key)
 AdminAccess = Depends(require_configured_key)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import RecommenderDep
+from service.api.deps import MetricsDep, RolloutsDep, ServingDep, StoreDep
 
 router = APIRouter(tags=["operations"])
 
@@ -20,26 +20,23 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(recommender: RecommenderDep) -> Response:
+def readyz(serving: ServingDep, store: StoreDep) -> Response:
     """Ready when the model is loaded and the store answers; 503 otherwise."""
-    body: dict[str, Any] = {
-        "model": recommender.model_version,
-        "index_size": len(recommender.index),
-    }
+    body: dict[str, Any] = {"model": serving.model.version, "index_size": len(serving.index)}
     try:
-        recommender.store.ping()
+        store.ping()
     except Exception as error:  # any failure to reach the store means not ready
         return JSONResponse({**body, "status": "unavailable", "store": str(error)}, status_code=503)
     return JSONResponse({**body, "status": "ready", "store": "ok"})
 
 
 @router.get("/model")
-def model(recommender: RecommenderDep) -> dict[str, Any]:
-    manifest = recommender.model.manifest
+def model(serving: ServingDep) -> dict[str, Any]:
+    manifest = serving.model.manifest
     keys = ("feature_dim", "embedding_dim", "feature_extractor", "score", "created_at", "model")
     return {
-        "version": recommender.model_version,
-        "directory": str(recommender.model.directory),
+        "version": serving.model.version,
+        "directory": str(serving.model.directory),
         **{key: manifest.get(key) for key in keys},
         "training": manifest.get("training"),
         "metrics": manifest.get("metrics"),
@@ -47,10 +44,10 @@ def model(recommender: RecommenderDep) -> dict[str, Any]:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request, recommender: RecommenderDep) -> Response:
-    collected = request.app.state.metrics
-    collected.index_size.set(len(recommender.index))
-    model = recommender.model
+def metrics(collected: MetricsDep, serving: ServingDep, rollouts: RolloutsDep) -> Response:
+    collected.index_size.set(len(serving.index))
+    model = serving.model
     collected.model.info({"version": model.version, "directory": str(model.directory)})
-    collected.index_rebuild.set(recommender.last_rollout.seconds)
+    if rollouts.last_build is not None:
+        collected.index_rebuild.set(rollouts.last_build.seconds)
     return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,27 +1,30 @@
-"""/items: upload artworks (one or a batch), read, delete, and find similar ones."""
+"""/items: upload artworks (one, a batch, or a picture in a form), read, delete, and find
+similar ones. Uploads are checked, embedded and stored by `service.ingest`."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import dataclasses
-import json
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-import numpy as np
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
-from starlette.datastructures import UploadFile as StarletteUploadFile
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, model_validator
 
-from service.api.deps import RecommenderDep, SettingsDep, WriteAccess
+from service.api.deps import (
+    CatalogueDep,
+    RecommenderDep,
+    ServingDep,
+    SettingsDep,
+    StoreDep,
+    WriteAccess,
+)
+from service.api.routing import FORM, FormRoute, JsonBodyRoute
 from service.api.schemas import Identifier, RecommendedItem
-from service.config import Settings
-from service.encoders import LoadedModel
-from service.images import ImageError, decode, preprocess
-from service.recommender import ItemDraft, Recommender
+from service.ingest import Upload, UploadRefused, ingest
 
 router = APIRouter(tags=["items"])
 
@@ -37,11 +40,33 @@ class ItemMetadata(BaseModel):
     tags: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
 
 
-class ItemIn(BaseModel):
+class ItemFields(BaseModel):
+    """What every upload says about the artwork besides its features."""
+
     model_config = ConfigDict(extra="forbid")
 
     id: Identifier
     artist_id: Identifier
+    edition_size: int | None = Field(
+        None, ge=1, description="prints in the edition; leave out for a one-of-a-kind work"
+    )
+    stock: int | None = Field(
+        None,
+        ge=0,
+        description="units for sale now (default: the edition size, 1 for one-of-a-kind; "
+        "when replacing a work, what it has left)",
+    )
+
+    @model_validator(mode="after")
+    def stock_fits_the_edition(self) -> ItemFields:
+        most = self.edition_size or 1
+        if self.stock is not None and self.stock > most:
+            kind = f"an edition of {self.edition_size}" if self.edition_size else "one-of-a-kind"
+            raise ValueError(f"stock {self.stock} is more than {kind} allows ({most})")
+        return self
+
+
+class ItemIn(ItemFields):
     features: list[float] | None = Field(
         None, description="the model's feature vector (GET /model: feature_dim floats)"
     )
@@ -55,16 +80,7 @@ class ItemIn(BaseModel):
         description="instead of features: a JPEG, PNG or WebP image in base64, for a model "
         "whose manifest names an image encoder",
     )
-    edition_size: int | None = Field(
-        None, ge=1, description="prints in the edition; leave out for a one-of-a-kind work"
-    )
-    stock: int | None = Field(
-        None,
-        ge=0,
-        description="units for sale now (default: the edition size, 1 for one-of-a-kind; "
-        "when replacing a work, what it has left)",
-    )
-    metadata: ItemMetadata = Field(default_factory=ItemMetadata)
+    metadata: ItemMetadata = Field(default_factory=lambda: ItemMetadata())
 
     @model_validator(mode="after")
     def one_feature_encoding(self) -> ItemIn:
@@ -73,19 +89,51 @@ class ItemIn(BaseModel):
             raise ValueError("give exactly one of features, features_b64 or image_b64")
         return self
 
-    @model_validator(mode="after")
-    def stock_fits_the_edition(self) -> ItemIn:
-        most = self.edition_size or 1
-        if self.stock is not None and self.stock > most:
-            kind = f"an edition of {self.edition_size}" if self.edition_size else "one-of-a-kind"
-            raise ValueError(f"stock {self.stock} is more than {kind} allows ({most})")
-        return self
+    def upload(self) -> Upload:
+        return Upload(
+            id=self.id,
+            artist_id=self.artist_id,
+            edition_size=self.edition_size,
+            stock=self.stock,
+            metadata=self.metadata.model_dump(exclude_none=True),
+            features=self.features,
+            features_b64=self.features_b64,
+            image_b64=self.image_b64,
+        )
 
 
 class ItemBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     items: list[ItemIn] = Field(min_length=1)
+
+
+def _shape(body: Any) -> str:
+    return "batch" if isinstance(body, dict) and "items" in body else "item"
+
+
+# A JSON upload: one artwork, or a batch under "items" (JsonBodyRoute keeps the tags out of
+# error locations).
+OneItemOrBatch = Annotated[
+    Annotated[ItemIn, Tag("item")] | Annotated[ItemBatch, Tag("batch")], Discriminator(_shape)
+]
+
+
+class ItemForm(ItemFields):
+    """One artwork as a multipart form, its picture in the file field `image`."""
+
+    image: UploadFile = Field(description="JPEG, PNG or WebP, for a model that takes pictures")
+    metadata: Json[ItemMetadata] | None = Field(None, description="a JSON object")
+
+    def upload(self, image: bytes) -> Upload:
+        return Upload(
+            id=self.id,
+            artist_id=self.artist_id,
+            edition_size=self.edition_size,
+            stock=self.stock,
+            metadata=self.metadata.model_dump(exclude_none=True) if self.metadata else {},
+            image=image,
+        )
 
 
 class UpsertOut(BaseModel):
@@ -116,227 +164,100 @@ class SimilarOut(BaseModel):
     items: list[RecommendedItem]
 
 
-_single = TypeAdapter(ItemIn)
-_batch = TypeAdapter(ItemBatch)
-
-UPLOAD_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "oneOf": [
-                        {"$ref": "#/components/schemas/ItemIn"},
-                        {"$ref": "#/components/schemas/ItemBatch"},
-                    ]
-                }
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["id", "artist_id", "image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "id": {"type": "string"},
-                        "artist_id": {"type": "string"},
-                        "edition_size": {"type": "integer"},
-                        "stock": {"type": "integer"},
-                        "metadata": {"type": "string", "description": "a JSON object"},
-                    },
-                }
-            },
-        },
-    }
-}
-
-
-def _parse(body: Any, max_items: int) -> list[ItemIn]:
-    """One artwork, or {"items": [...]}: validated whole, errors located in the request."""
-    try:
-        if isinstance(body, dict) and "items" in body:
-            if isinstance(body["items"], list) and len(body["items"]) > max_items:
-                raise RequestValidationError(
-                    [
-                        {
-                            "type": "too_long",
-                            "loc": ("body", "items"),
-                            "msg": f"at most {max_items} per request, got {len(body['items'])}",
-                            "input": None,
-                        }
-                    ]
-                )
-            return _batch.validate_python(body).items
-        return [_single.validate_python(body)]
-    except ValidationError as error:
-        raise RequestValidationError(
-            [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
-        ) from None
-
-
-def _features(item: ItemIn, feature_dim: int) -> tuple[np.ndarray, str, str | None]:
-    """The float32 vector, the field it came from, and what is wrong with its size if anything."""
-    if item.features_b64 is not None:
-        try:
-            raw = base64.b64decode(item.features_b64, validate=True)
-        except binascii.Error as error:
-            return np.zeros(0, np.float32), "features_b64", f"not base64 ({error})"
-        if len(raw) != 4 * feature_dim:
-            message = f"expected {4 * feature_dim} bytes ({feature_dim} float32), got {len(raw)}"
-            return np.zeros(0, np.float32), "features_b64", message
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32), "features_b64", None
-    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused later
-        features = np.asarray(item.features, dtype=np.float32)
-    if features.shape != (feature_dim,):
-        return features, "features", f"expected {feature_dim} values, got {len(features)}"
-    return features, "features", None
-
-
-def _drafts(
-    items: list[ItemIn], model: LoadedModel, settings: Settings, batch: bool
-) -> list[ItemDraft]:
-    errors, drafts, seen = [], [], {}
-    images: dict[int, np.ndarray] = {}  # preprocessed at once: full-size pixels never pile up
-    for n, item in enumerate(items):
-        where = ("body", "items", n) if batch else ("body",)
-        if item.image_b64 is not None:
-            features = np.zeros(model.feature_dim, np.float32)  # filled in once all are valid
-            problem = _image(item.image_b64, model, settings, images, n)
-            if problem:
-                errors.append(((*where, "image_b64"), problem))
-        else:
-            features, field, problem = _features(item, model.feature_dim)
-            if problem:
-                errors.append(((*where, field), problem))
-            elif not np.isfinite(features).all():
-                bad = int(np.flatnonzero(~np.isfinite(features))[0])
-                errors.append(((*where, field, bad), "NaN or infinite values are not features"))
-        metadata = item.metadata.model_dump(exclude_none=True)
-        size = len(json.dumps(metadata))
-        if size > settings.max_metadata_bytes:
-            limit = settings.max_metadata_bytes
-            errors.append(((*where, "metadata"), f"{size} bytes of JSON, at most {limit}"))
-        if item.id in seen:
-            errors.append(((*where, "id"), f"{item.id!r} repeats entry {seen[item.id]}"))
-        seen[item.id] = n
-        drafts.append(
-            ItemDraft(
-                id=item.id,
-                artist_id=item.artist_id,
-                features=features,
-                edition_size=item.edition_size,
-                stock=item.stock,
-                metadata=metadata,
-            )
-        )
-    if errors:
-        raise RequestValidationError(
-            [{"type": "value_error", "loc": loc, "msg": msg, "input": None} for loc, msg in errors]
-        )
-    if images and model.image_encoder is not None:
-        encoded = model.image_encoder.encode_pixels(np.stack(list(images.values())))
-        for n, features in zip(list(images), encoded, strict=True):
-            drafts[n] = dataclasses.replace(drafts[n], features=features)
-    return drafts
-
-
-def _image(
-    encoded: str,
-    model: LoadedModel,
-    settings: Settings,
-    images: dict[int, np.ndarray],
-    n: int,
-) -> str | None:
-    """Decode and preprocess entry n's image into `images`, or say what is wrong with it."""
-    if model.image_encoder is None:
-        return (
-            f"the model being served ({model.version}) takes feature vectors: its manifest "
-            "names no image encoder"
-        )
-    try:
-        data = base64.b64decode(encoded, validate=True)
-    except binascii.Error as error:
-        return f"not base64 ({error})"
-    try:
-        image = decode(data, settings.max_image_bytes, settings.max_image_pixels)
-        images[n] = preprocess(image, model.image_encoder.steps)
-    except ImageError as error:
-        return str(error)
-    return None
-
-
-@router.post(
-    "/items",
-    status_code=200,
-    response_model=UpsertOut,
-    dependencies=[WriteAccess],
-    openapi_extra=UPLOAD_SCHEMA,
-    summary="Add or replace artworks (one, or a batch under 'items')",
-)
-async def upload_items(
-    request: Request, recommender: RecommenderDep, settings: SettingsDep
-) -> UpsertOut:
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        body = await _multipart_item(request, recommender.model, settings)
-        return await run_in_threadpool(_upload_parsed, body, recommender, settings)
-    raw = await request.body()
-    # Parsing, validating and embedding a full batch takes a fraction of a second of CPU:
-    # done in the thread pool, it does not stall the event loop's other requests.
-    return await run_in_threadpool(_upload, raw, recommender, settings)
-
-
-MULTIPART_FIELDS = {"id", "artist_id", "edition_size", "stock", "metadata", "image"}
-
-
-async def _multipart_item(request: Request, model: LoadedModel, settings: Settings) -> dict:
-    """One artwork from a form: `image` (the file), `id`, `artist_id`, and optionally
-    `edition_size`, `stock` and `metadata` (a JSON object). Image problems get their own
-    status: 413 too large, 415 not JPEG/PNG/WebP, 422 corrupt or truncated."""
-    form = await request.form(max_files=1, max_fields=len(MULTIPART_FIELDS))
-    unknown = sorted(set(form) - MULTIPART_FIELDS)
-    if unknown:
-        raise HTTPException(422, f"unknown form field(s) {unknown}; use {sorted(MULTIPART_FIELDS)}")
-    upload = form.get("image")
-    if not isinstance(upload, StarletteUploadFile):
-        raise HTTPException(422, "the form needs the artwork as a file field named 'image'")
-    if model.image_encoder is None:
-        raise HTTPException(
-            422,
-            f"the model being served ({model.version}) takes feature vectors: its manifest "
-            "names no image encoder",
-        )
-    data = await upload.read(settings.max_image_bytes + 1)
-    try:  # decoding is CPU work: off the event loop
-        await run_in_threadpool(decode, data, settings.max_image_bytes, settings.max_image_pixels)
-    except ImageError as error:
-        raise HTTPException(error.status, f"image: {error}") from None
-    body: dict[str, Any] = {
-        key: value for key, value in form.items() if key not in ("image", "metadata")
-    }
-    if "metadata" in form:
-        try:
-            body["metadata"] = json.loads(str(form["metadata"]))
-        except json.JSONDecodeError as error:
-            raise HTTPException(422, f"metadata: not a JSON object ({error})") from None
-    body["image_b64"] = base64.b64encode(data).decode()
-    return body
-
-
-def _upload(raw: bytes, recommender: Recommender, settings: Settings) -> UpsertOut:
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise HTTPException(400, f"the body is not valid JSON: {error}") from None
-    return _upload_parsed(body, recommender, settings)
-
-
-def _upload_parsed(body: Any, recommender: Recommender, settings: Settings) -> UpsertOut:
-    items = _parse(body, settings.max_batch_items)
-    batch = isinstance(body, dict) and "items" in body
-    drafts = _drafts(items, recommender.model, settings, batch)
-    result = recommender.add_items(drafts)
-    return UpsertOut(
-        created=result.created, updated=result.updated, index_size=len(recommender.index)
+def _located(refused: UploadRefused, batch: bool) -> RequestValidationError:
+    """The problems as FastAPI's validation errors, located in the request as sent."""
+    return RequestValidationError(
+        [
+            {
+                "type": "value_error",
+                "loc": ("body", "items", p.upload, *p.where) if batch else ("body", *p.where),
+                "msg": p.message,
+                "input": None,
+            }
+            for p in refused.problems
+        ]
     )
+
+
+async def upload_items(
+    upload: Annotated[OneItemOrBatch, Body()],
+    serving: ServingDep,
+    catalogue: CatalogueDep,
+    settings: SettingsDep,
+) -> UpsertOut:
+    """One artwork, or a batch under 'items', as JSON."""
+    items = upload.items if isinstance(upload, ItemBatch) else [upload]
+    if len(items) > settings.max_batch_items:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "too_long",
+                    "loc": ("body", "items"),
+                    "msg": f"at most {settings.max_batch_items} per request, got {len(items)}",
+                    "input": None,
+                }
+            ]
+        )
+    uploads = [item.upload() for item in items]
+    try:
+        # Checking and embedding a full batch takes a fraction of a second of CPU: done in
+        # the thread pool, it does not stall the event loop's other requests.
+        ingested = await run_in_threadpool(ingest, uploads, serving, catalogue, settings)
+    except UploadRefused as refused:
+        raise _located(refused, isinstance(upload, ItemBatch)) from None
+    return UpsertOut(**asdict(ingested))
+
+
+async def upload_picture(
+    form: Annotated[ItemForm, Form(media_type=FORM)],
+    serving: ServingDep,
+    catalogue: CatalogueDep,
+    settings: SettingsDep,
+) -> UpsertOut:
+    """One artwork as a picture, in a form. A picture's problem gets its own status: 413 too
+    large, 415 not JPEG/PNG/WebP, 422 corrupt or truncated."""
+    data = await form.image.read(settings.max_image_bytes + 1)
+    try:
+        ingested = await run_in_threadpool(
+            ingest, [form.upload(data)], serving, catalogue, settings
+        )
+    except UploadRefused as refused:
+        for problem in refused.problems:
+            if problem.where == ("image",):
+                raise HTTPException(problem.status, f"image: {problem.message}") from None
+        raise _located(refused, batch=False) from None
+    return UpsertOut(**asdict(ingested))
+
+
+def _form_schema() -> dict[str, Any]:
+    """ItemForm's JSON schema, its nested models referring to the document's components."""
+    schema = ItemForm.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # ItemMetadata: already a component, from ItemIn
+    return schema
+
+
+def _add_upload_route(
+    endpoint: Callable[..., Any], route_class: type[APIRoute], **documentation: Any
+) -> None:
+    router.add_api_route(
+        "/items",
+        endpoint,
+        methods=["POST"],
+        response_model=UpsertOut,
+        dependencies=[WriteAccess],
+        route_class_override=route_class,
+        **documentation,
+    )
+
+
+_add_upload_route(
+    upload_items,
+    JsonBodyRoute,
+    summary="Add or replace artworks: one, a batch under 'items', or a picture in a form",
+    # One operation documents both bodies: FastAPI's schema has one per path and method.
+    openapi_extra={"requestBody": {"content": {FORM: {"schema": _form_schema()}}}},
+)
+_add_upload_route(upload_picture, FormRoute, include_in_schema=False)
 
 
 def _timestamp(seconds: float) -> datetime:
@@ -346,10 +267,10 @@ def _timestamp(seconds: float) -> datetime:
 @router.get("/items/{item_id}", response_model=ItemOut, response_model_exclude_none=False)
 def get_item(
     item_id: Annotated[str, Path()],
-    recommender: RecommenderDep,
+    store: StoreDep,
     include_features: Annotated[bool, Query(description="also return the raw features")] = False,
 ) -> ItemOut:
-    item = recommender.store.get_items([item_id]).get(item_id)
+    item = store.get_items([item_id]).get(item_id)
     if item is None:
         raise HTTPException(404, f"no item {item_id!r}")
     return ItemOut(
@@ -367,8 +288,8 @@ def get_item(
 
 
 @router.delete("/items/{item_id}", response_model=DeletedOut, dependencies=[WriteAccess])
-def delete_item(item_id: Annotated[str, Path()], recommender: RecommenderDep) -> DeletedOut:
-    if recommender.delete_item(item_id) is None:
+def delete_item(item_id: Annotated[str, Path()], catalogue: CatalogueDep) -> DeletedOut:
+    if catalogue.delete_item(item_id) is None:
         raise HTTPException(404, f"no item {item_id!r}")
     return DeletedOut(deleted=item_id)
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from fastapi import APIRouter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from service.api.deps import RecommenderDep, WriteAccess
+from service.api.deps import CatalogueDep, WriteAccess
 from service.api.schemas import Identifier
 
 router = APIRouter(tags=["purchases"])
@@ -43,9 +43,9 @@ class PurchaseOut(BaseModel):
 
 
 @router.post("/purchases", status_code=201, response_model=PurchaseOut, dependencies=[WriteAccess])
-def record_purchase(purchase: PurchaseIn, recommender: RecommenderDep) -> PurchaseOut:
+def record_purchase(purchase: PurchaseIn, catalogue: CatalogueDep) -> PurchaseOut:
     seconds = purchase.timestamp.timestamp() if purchase.timestamp else time.time()
-    sale = recommender.purchase(purchase.user_id, purchase.item_ids, seconds)
+    sale = catalogue.record_purchase(purchase.user_id, purchase.item_ids, seconds)
     return PurchaseOut(
         user_id=sale.user_id,
         item_ids=sale.item_ids,

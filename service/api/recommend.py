@@ -49,7 +49,7 @@ def recommend(
     if request.k > settings.max_k:
         raise HTTPException(422, f"k must be at most {settings.max_k}, got {request.k}")
     if request.user_id is not None:
-        history = [p.item_id for p in recommender.store.history(request.user_id)]
+        history = recommender.purchased_by(request.user_id)
     else:
         history = list(request.history or [])
     filters = Filters(

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
-from service.api.deps import RecommenderDep
+from service.api.deps import StoreDep
 
 router = APIRouter(tags=["users"])
 
@@ -26,10 +26,10 @@ class HistoryOut(BaseModel):
 @router.get("/users/{user_id}/history", response_model=HistoryOut)
 def user_history(
     user_id: str,
-    recommender: RecommenderDep,
+    store: StoreDep,
     limit: Annotated[int | None, Query(ge=1, description="only the latest purchases")] = None,
 ) -> HistoryOut:
-    history = recommender.store.history(user_id, limit)
+    history = store.history(user_id, limit)
     if not history:
         raise HTTPException(404, f"no purchases recorded for user {user_id!r}")
     return HistoryOut(

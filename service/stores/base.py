@@ -127,7 +127,11 @@ class Counts:
 
 
 class Store(Protocol):
-    """Thread-safe; every method is atomic with respect to other processes on the same store."""
+    """Thread-safe; every method is atomic with respect to other processes on the same store.
+
+    SQLiteStore and RedisStore subclass it, so the type checker holds each to every method
+    and signature here.
+    """
 
     def upsert_items(self, items: list[NewItem]) -> UpsertResult:
         """Insert or replace a batch, all or nothing. A replaced item keeps its key and sales."""

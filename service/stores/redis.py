@@ -29,6 +29,7 @@ from service.stores.base import (
     NotForSaleError,
     Purchase,
     Sale,
+    Store,
     UnknownItemsError,
     UpsertResult,
     as_blob,
@@ -266,7 +267,7 @@ def _ids_from_members(members: list[bytes]) -> list[str]:
     return [member[RANK_WIDTH:].decode() for member in members]
 
 
-class RedisStore:
+class RedisStore(Store):
     def __init__(self, url: str) -> None:
         # Bytes in and out: embeddings are raw float32, so strings are decoded here instead.
         self._redis = redis.Redis.from_url(url, decode_responses=False)
@@ -290,7 +291,9 @@ class RedisStore:
                 json.dumps(item.metadata),
                 item.model_version,
             ]
-        created, updated, keys = [], [], []
+        created: list[str] = []
+        updated: list[str] = []
+        keys: list[int] = []
         for item, (key, is_new) in zip(items, self._upsert(args=args), strict=True):
             (created if is_new else updated).append(item.id)
             keys.append(key)

@@ -27,6 +27,7 @@ from service.stores.base import (
     NotForSaleError,
     Purchase,
     Sale,
+    Store,
     UnknownItemsError,
     UpsertResult,
     as_blob,
@@ -114,7 +115,7 @@ def _row_to_item(row: tuple) -> Item:
     )
 
 
-class SQLiteStore:
+class SQLiteStore(Store):
     def __init__(self, url: str) -> None:
         path = path_from_url(url)
         if path != ":memory:":

@@ -108,6 +108,11 @@ def test_service_image_runs_without_root_and_has_a_healthcheck() -> None:
     copied = [rest.split()[0] for word, rest in instructions if word == "COPY"]
     # the shipped model and the encoder its manifest names, at the relative path it names
     assert {"models/default", "models/encoders"} <= set(copied)
+    # its build stage installs the service and the package it shares with training, and not
+    # training itself
+    sources = re.findall(r"^COPY (\S+)", DOCKERFILES[0].read_text(), re.MULTILINE)
+    assert {"curatornet", "service"} <= set(sources)
+    assert "training" not in sources
     manifest = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())
     assert manifest["feature_extractor"]["manifest"].startswith("../encoders/")
     assert not any("train]" in rest for _, rest in instructions)  # no TensorFlow extra

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from curatornet.dataset import Dataset
 from tests.service.conftest import free_port
-from training.data.dataset import Dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 # The model trained on feature vectors (the 2048-d UGallery shape): most tests post vectors.

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from curatornet.dataset import Dataset
 from service.app import create_app
 from service.config import Settings
 from tests.service.helpers import FEATURES_MODEL, item_payload, random_item
-from training.data.dataset import Dataset
 from training.data.formats import load_dataset
 
 KEY = "s3cret"
@@ -492,13 +492,21 @@ def test_operations_endpoints(client: TestClient) -> None:
         in (metrics)
     )
     assert client.get("/docs").status_code == 200
-    assert "/recommend" in client.get("/openapi.json").json()["paths"]
+    openapi = client.get("/openapi.json").json()
+    assert "/recommend" in openapi["paths"]
+    # both bodies of POST /items come from their models, under the one operation
+    upload = openapi["paths"]["/items"]["post"]["requestBody"]["content"]
+    json_shapes = {ref["$ref"] for ref in upload["application/json"]["schema"]["oneOf"]}
+    assert json_shapes == {"#/components/schemas/ItemIn", "#/components/schemas/ItemBatch"}
+    form = upload["multipart/form-data"]["schema"]
+    assert form["properties"]["image"]["contentMediaType"] == "application/octet-stream"
+    assert set(form["required"]) == {"id", "artist_id", "image"}
 
 
 def test_a_model_that_does_not_match_its_manifest_stops_start_up(
     tmp_path: Path, store_url: str
 ) -> None:
-    from service.encoders import ModelError
+    from curatornet.model_format import ModelError
 
     broken = tmp_path / "model"
     broken.mkdir()

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from curatornet.painter import looks, paint, styles_like
+from curatornet.synthetic import load_truth
 from service.app import create_app
 from service.config import Settings
 from tests.service.helpers import DEFAULT_MODEL, ROOT
 from training.data.formats import load_dataset
-from training.painter import looks, paint, styles_like
-from training.synthetic import load_truth
 
 
 @pytest.fixture(scope="module")

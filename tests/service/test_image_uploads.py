@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
+from curatornet.image_encoder import load_image_encoder
 from service.app import create_app
 from service.config import Settings
-from service.images import decode, load_image_encoder
+from service.ingest import decode
 from tests.service.helpers import FEATURES_MODEL, ROOT, exported
 
 ENCODERS = ROOT / "models" / "encoders"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.images import ImageError, Preprocessing, decode, preprocess
+from curatornet.image_encoder import Preprocessing, preprocess
+from service.ingest import ImageError, decode
 
 LIMITS = {"max_bytes": 2_000_000, "max_pixels": 4_000_000}
 

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from service.recommender import FeatureDimensionMismatch
+from service.indexing import FeatureDimensionMismatch
 from tests.service.helpers import FEATURES_MODEL, LiveService, exported, random_item
 
 

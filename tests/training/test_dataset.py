@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data.dataset import Dataset
+from curatornet.dataset import Dataset
 from training.data.formats import load_dataset
 
 

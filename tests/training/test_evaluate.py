@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from curatornet.dataset import Dataset
+from curatornet.synthetic import load_truth
 from tests.training.helpers import TINY_CLUSTERS
 from training import baselines
 from training.clusters import cluster_features
-from training.data.dataset import Dataset
 from training.data.formats import load_dataset
 from training.evaluate import evaluate_methods, recall_curve, replay
 from training.report import summarise, write_report
 from training.split import split_last_basket
-from training.synthetic import load_truth
 
 ITEMS = ["a", "b", "c", "d", "e", "f", "g"]
 

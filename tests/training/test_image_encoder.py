@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from service.images import decode, load_image_encoder
+from curatornet.image_encoder import load_image_encoder
+from service.ingest import decode
 from training.image_encoder import export_encoder, imagenet_classes, reference_features
 
 # ImageNet-1k indices: 698 palace, 663 monastery, 442 bell cote, 832 stupa, 483 castle;
@@ -64,7 +65,7 @@ def test_manifest_records_what_the_service_needs(encoder_dir: Path) -> None:
     assert manifest["input_size"] == 224
     assert manifest["mean"] == manifest["std"] == [0.5, 0.5, 0.5]
     (encoder_dir / "efficientnet-lite0.onnx").write_bytes(b"tampered")
-    from service.encoders import ModelError
+    from curatornet.model_format import ModelError
 
     with pytest.raises(ModelError, match="sha256"):
         load_image_encoder(encoder_dir / "efficientnet-lite0.json")

@@ -10,14 +10,9 @@ import onnxruntime as ort
 import pytest
 import tensorflow as tf
 
+from curatornet.model_format import ITEM_TOWER_FILE, MANIFEST_FILE, USER_TOWER_FILE
 from tests.training.helpers import tiny_run_config
-from training.export import (
-    ITEM_FILE,
-    MANIFEST_FILE,
-    USER_FILE,
-    export_model,
-    sha256_file,
-)
+from training.export import export_model, sha256_file
 from training.model import CuratorNet, ModelConfig
 from training.pipeline import train_and_export
 
@@ -43,7 +38,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory):
     manifest = export_model(model, directory, {"training": {"note": "random weights"}})
     sessions = {
         name: ort.InferenceSession(str(directory / name), providers=["CPUExecutionProvider"])
-        for name in (ITEM_FILE, USER_FILE)
+        for name in (ITEM_TOWER_FILE, USER_TOWER_FILE)
     }
     return model, directory, manifest, sessions
 
@@ -53,7 +48,7 @@ def test_item_tower_parity(exported, batch: int) -> None:
     model, _, _, sessions = exported
     features = np.random.default_rng(batch).gamma(0.5, 1.0, (batch, model.feature_dim))
     features = features.astype(np.float32)
-    onnx_out = sessions[ITEM_FILE].run(["embedding"], {"features": features})[0]
+    onnx_out = sessions[ITEM_TOWER_FILE].run(["embedding"], {"features": features})[0]
     assert onnx_out.shape == (batch, EMBEDDING)
     assert np.abs(onnx_out - model.embed_items(features)).max() < 1e-4
 
@@ -66,7 +61,7 @@ def test_user_tower_parity(exported, batch: int, length: int) -> None:
     history = rng.normal(0, 1, (batch, length, EMBEDDING)).astype(np.float32)
     mask = (rng.random((batch, length)) < 0.6).astype(np.float32)
     mask[:, -1] = 1.0
-    onnx_out = sessions[USER_FILE].run(["user"], {"history": history, "mask": mask})[0]
+    onnx_out = sessions[USER_TOWER_FILE].run(["user"], {"history": history, "mask": mask})[0]
     assert onnx_out.shape == (batch, EMBEDDING)
     assert np.abs(onnx_out - model.embed_users(history, mask)).max() < 1e-4
 
@@ -84,7 +79,7 @@ def test_padding_never_changes_a_user_vector(exported) -> None:
         padded[:, order].astype(np.float32),
         padded_mask[:, order].astype(np.float32),
     )
-    run = sessions[USER_FILE].run
+    run = sessions[USER_TOWER_FILE].run
     plain = run(["user"], {"history": history, "mask": mask})[0]
     with_padding = run(["user"], {"history": padded, "mask": padded_mask})[0]
     np.testing.assert_allclose(with_padding, plain, atol=1e-5)
@@ -114,8 +109,8 @@ def test_manifest_describes_the_files(exported) -> None:
     assert manifest["feature_dim"] == model.feature_dim
     assert manifest["embedding_dim"] == EMBEDDING
     assert manifest["feature_extractor"] is None
-    assert manifest["item_tower"]["sha256"] == sha256_file(directory / ITEM_FILE)
-    assert manifest["user_tower"]["sha256"] == sha256_file(directory / USER_FILE)
+    assert manifest["item_tower"]["sha256"] == sha256_file(directory / ITEM_TOWER_FILE)
+    assert manifest["user_tower"]["sha256"] == sha256_file(directory / USER_TOWER_FILE)
     assert manifest["user_tower"]["inputs"] == {
         "history": ["B", "L", EMBEDDING],
         "mask": ["B", "L"],
@@ -150,8 +145,12 @@ def test_exported_model_ranks_a_users_held_out_purchases_above_chance(
     directory, _ = tiny_run
     dataset = load_dataset(tiny_market_dir)
     train, test = split_last_basket(dataset)
-    item = ort.InferenceSession(str(directory / ITEM_FILE), providers=["CPUExecutionProvider"])
-    user = ort.InferenceSession(str(directory / USER_FILE), providers=["CPUExecutionProvider"])
+    item = ort.InferenceSession(
+        str(directory / ITEM_TOWER_FILE), providers=["CPUExecutionProvider"]
+    )
+    user = ort.InferenceSession(
+        str(directory / USER_TOWER_FILE), providers=["CPUExecutionProvider"]
+    )
     embeddings = item.run(["embedding"], {"features": dataset.features})[0]
     percentiles = []
     for u in np.unique(test.purchase_user):

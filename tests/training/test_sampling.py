@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from curatornet.dataset import Dataset
 from tests.training.helpers import TINY_CLUSTERS
 from training.clusters import cluster_features
-from training.data.dataset import Dataset
 from training.data.formats import load_dataset
 from training.sampling import (
     RANDOM,

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from curatornet.synthetic import MarketConfig, generate
 from training.data.formats import load_dataset
 from training.split import holdout_mask, split_last_basket
-from training.synthetic import MarketConfig, generate
 
 
 def test_only_the_last_basket_of_users_with_two_baskets_is_held_out(ugallery_dir: Path) -> None:

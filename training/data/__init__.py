@@ -1,6 +1,2 @@
-"""Data layer: the `Dataset` value, UGallery-format readers, the project format, statistics."""
-
-from training.data.dataset import Baskets, Dataset
-from training.data.formats import DataError, load_dataset, save_dataset
-
-__all__ = ["Baskets", "DataError", "Dataset", "load_dataset", "save_dataset"]
+"""Data layer: UGallery-format readers, the project format, statistics. The `Dataset` value
+they fill lives in `curatornet.dataset`, shared with the service's demo."""

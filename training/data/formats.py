@@ -1,4 +1,5 @@
-"""Reading the UGallery format and writing the project's own.
+"""Reading the UGallery format and writing the project's own (plus, for a generated market,
+its hidden tastes and generator config).
 
 The UGallery files, as published with the paper:
 
@@ -19,25 +20,28 @@ from __future__ import annotations
 import ast
 import csv
 import io
+import json
 import logging
 import math
 import warnings
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from training.data.dataset import Dataset, infer_edition_size
+from curatornet.dataset import Dataset, infer_edition_size
+from curatornet.synthetic import GENERATOR_VERSION, TASTES_FILE, Market
 
 log = logging.getLogger(__name__)
 
 INVENTORY_FILE = "inventory.csv"
 PURCHASES_FILE = "purchases.csv"
 FEATURES_FILE = "features.npz"
+MARKET_CONFIG_FILE = "synthetic.json"  # beside a generated market: its seed and config
 
 INVENTORY_COLUMNS = ("artwork_id_hash", "artist_id_hash", "upload_timestamp")
 EDITION_COLUMN = "edition_size"
@@ -433,3 +437,26 @@ def save_dataset(dataset: Dataset, out_dir: Path | str) -> None:
             )
         )
     write_npz(out_dir / FEATURES_FILE, {"ids": dataset.item_ids, "features": dataset.features})
+
+
+def save_market(market: Market, out_dir: Path | str) -> None:
+    """The data set in the project format, plus the hidden tastes and the generator config."""
+    out_dir = Path(out_dir)
+    save_dataset(market.dataset, out_dir)
+    write_npz(
+        out_dir / TASTES_FILE,
+        {
+            "item_ids": market.dataset.item_ids,
+            "user_ids": market.dataset.user_ids,
+            **market.truth.arrays(),
+        },
+    )
+    description = {
+        "generator": "curatornet.synthetic",
+        "generator_version": GENERATOR_VERSION,
+        "seed": market.seed,
+        "config": asdict(market.config),
+    }
+    (out_dir / MARKET_CONFIG_FILE).write_text(
+        json.dumps(description, indent=2, sort_keys=True) + "\n"
+    )

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from training.data.dataset import Dataset
+from curatornet.dataset import Dataset
 from training.data.formats import purchases_before_upload, purchases_beyond_stock
 
 
@@ -32,7 +32,7 @@ class DatasetStats:
         return asdict(self)
 
 
-# UGallery as published with the paper and in the project brief (DESIGN.md). The paper's own
+# UGallery as published with the paper and in the project brief. The paper's own
 # text gives 573 artists with 10.54 items each, which is 6,040 items, not 13,297: both are
 # shown as published.
 UGALLERY: dict[str, float | int] = {

@@ -26,17 +26,14 @@ Everything is seeded: the same config and seed give the same bytes on disk.
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from training.data.dataset import Dataset
-from training.data.formats import save_dataset, write_npz
+from curatornet.dataset import Dataset
 
 TASTES_FILE = "tastes.npz"
-CONFIG_FILE = "synthetic.json"
 GENERATOR_VERSION = 1
 MAX_PREFERENCES = 3
 
@@ -371,27 +368,6 @@ def generate(config: MarketConfig | None = None, seed: int = 0, *, features: boo
         purchase_time=purchase_time,
     )
     return Market(dataset=dataset, truth=truth, config=config, seed=seed)
-
-
-def save_market(market: Market, out_dir: Path | str) -> None:
-    """The data set in the project format, plus the hidden tastes and the generator config."""
-    out_dir = Path(out_dir)
-    save_dataset(market.dataset, out_dir)
-    write_npz(
-        out_dir / TASTES_FILE,
-        {
-            "item_ids": market.dataset.item_ids,
-            "user_ids": market.dataset.user_ids,
-            **market.truth.arrays(),
-        },
-    )
-    description = {
-        "generator": "training.synthetic",
-        "generator_version": GENERATOR_VERSION,
-        "seed": market.seed,
-        "config": asdict(market.config),
-    }
-    (out_dir / CONFIG_FILE).write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
 def load_truth(data_dir: Path | str, dataset: Dataset) -> MarketTruth:

@@ -1,5 +1,7 @@
-"""The service's side of the training → service contract: a model directory opened in
-ONNX Runtime, with every promise of its manifest checked before anything is served."""
+"""An exported model directory (docs/model-format.md) opened in ONNX Runtime, with every
+promise of its manifest checked before anything is scored: the service serves what this
+returns, and the offline evaluation scores the very same object.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +9,23 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-if TYPE_CHECKING:
-    from service.images import ImageEncoder
-
-SUPPORTED_FORMAT_VERSIONS = {1}
-
-
-class ModelError(RuntimeError):
-    """A model directory that the service cannot trust or use; the message says why."""
+from curatornet.image_encoder import ImageEncoder, load_image_encoder
+from curatornet.model_format import (
+    ITEM_EMBEDDING,
+    ITEM_FEATURES,
+    MANIFEST_FILE,
+    SUPPORTED_FORMAT_VERSIONS,
+    USER_HISTORY,
+    USER_MASK,
+    USER_VECTOR,
+    ModelError,
+)
+from curatornet.onnx_sessions import open_session
 
 
 @dataclass(frozen=True)
@@ -54,19 +60,19 @@ class LoadedModel:
     def embed_items(self, features: np.ndarray) -> np.ndarray:
         """[N, F] raw features → [N, E] embeddings."""
         features = np.ascontiguousarray(features, dtype=np.float32)
-        return self.item_session.run(["embedding"], {"features": features})[0]
+        return self.item_session.run([ITEM_EMBEDDING], {ITEM_FEATURES: features})[0]
 
     def embed_users(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """[B, L, E] history embeddings and [B, L] mask (1 = real item) → [B, E] user vectors."""
         feeds = {
-            "history": np.ascontiguousarray(history, dtype=np.float32),
-            "mask": np.ascontiguousarray(mask, dtype=np.float32),
+            USER_HISTORY: np.ascontiguousarray(history, dtype=np.float32),
+            USER_MASK: np.ascontiguousarray(mask, dtype=np.float32),
         }
-        return self.user_session.run(["user"], feeds)[0]
+        return self.user_session.run([USER_VECTOR], feeds)[0]
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / "manifest.json"
+    path = directory / MANIFEST_FILE
     if not path.is_file():
         raise ModelError(f"{path}: missing; is {directory} an exported model directory?")
     try:
@@ -77,23 +83,12 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     if version not in SUPPORTED_FORMAT_VERSIONS:
         raise ModelError(
             f"{path}: format_version {version!r} is not supported "
-            f"(this service reads {sorted(SUPPORTED_FORMAT_VERSIONS)})"
+            f"(this loader reads {sorted(SUPPORTED_FORMAT_VERSIONS)})"
         )
     for key in ("feature_dim", "embedding_dim", "item_tower", "user_tower"):
         if key not in manifest:
             raise ModelError(f"{path}: missing {key!r}")
     return manifest
-
-
-def session_options(threads: int | None) -> ort.SessionOptions:
-    """With `threads`, a fixed pool that never spins: a server runs one process per core, and
-    ONNX Runtime's default (a thread per core, spinning between calls) would have them fight."""
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 def _open_tower(
@@ -102,7 +97,7 @@ def _open_tower(
     try:
         spec = TowerSpec(**{k: manifest[key][k] for k in ("file", "sha256", "inputs", "outputs")})
     except (KeyError, TypeError) as error:
-        raise ModelError(f"{directory / 'manifest.json'}: {key} is incomplete ({error})") from None
+        raise ModelError(f"{directory / MANIFEST_FILE}: {key} is incomplete ({error})") from None
     path = directory / spec.file
     if not path.is_file():
         raise ModelError(f"{path}: missing (named by manifest.json {key}.file)")
@@ -112,12 +107,7 @@ def _open_tower(
             f"{path}: sha256 {digest[:12]}… does not match the manifest's {spec.sha256[:12]}…; "
             "the file was changed or belongs to another export"
         )
-    try:
-        session = ort.InferenceSession(
-            str(path), session_options(threads), providers=["CPUExecutionProvider"]
-        )
-    except Exception as error:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"{path}: ONNX Runtime cannot load it ({error})") from None
+    session = open_session(path, threads)
     for declared, actual, role in (
         (spec.inputs, session.get_inputs(), "input"),
         (spec.outputs, session.get_outputs(), "output"),
@@ -149,19 +139,28 @@ class LoadOptions:
 
 
 def load_model(directory: Path | str, options: LoadOptions | None = None) -> LoadedModel:
-    """Open a model directory, or raise ModelError saying exactly what does not match."""
-    options = options or LoadOptions()
+    """Open a model directory, or raise ModelError saying exactly what does not match; every
+    other way a directory can be unreadable (a permission, a directory where a file should
+    be, a manifest of the wrong shape) is a ModelError too."""
+    try:
+        return _load(Path(directory), options or LoadOptions())
+    except ModelError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise ModelError(f"{directory}: cannot be loaded ({error})") from None
+
+
+def _load(directory: Path, options: LoadOptions) -> LoadedModel:
     threads = options.threads
-    directory = Path(directory)
     manifest = _read_manifest(directory)
     feature_dim, embedding_dim = manifest["feature_dim"], manifest["embedding_dim"]
     item = _open_tower(directory, manifest, "item_tower", threads)
     user = _open_tower(directory, manifest, "user_tower", threads)
     expected = {
-        ("item_tower", "features"): [None, feature_dim],
-        ("item_tower", "embedding"): [None, embedding_dim],
-        ("user_tower", "history"): [None, None, embedding_dim],
-        ("user_tower", "user"): [None, embedding_dim],
+        ("item_tower", ITEM_FEATURES): [None, feature_dim],
+        ("item_tower", ITEM_EMBEDDING): [None, embedding_dim],
+        ("user_tower", USER_HISTORY): [None, None, embedding_dim],
+        ("user_tower", USER_VECTOR): [None, embedding_dim],
     }
     sessions = {"item_tower": item, "user_tower": user}
     for (tower, name), shape in expected.items():
@@ -191,9 +190,7 @@ def _image_encoder(
     if not named:
         return None
     if not isinstance(named, dict) or "manifest" not in named:
-        raise ModelError(f"{directory / 'manifest.json'}: feature_extractor needs a 'manifest'")
-    from service.images import load_image_encoder
-
+        raise ModelError(f"{directory / MANIFEST_FILE}: feature_extractor needs a 'manifest'")
     path = directory / named["manifest"]
     if not path.is_file() and options.encoders_dir is not None and "name" in named:
         elsewhere = options.encoders_dir / f"{named['name']}.json"
@@ -203,7 +200,7 @@ def _image_encoder(
     if expected and encoder.sha256 != expected:
         raise ModelError(
             f"{path}: its encoder (sha256 {encoder.sha256[:12]}…) is not the one "
-            f"{directory / 'manifest.json'} was trained with ({str(expected)[:12]}…)"
+            f"{directory / MANIFEST_FILE} was trained with ({str(expected)[:12]}…)"
         )
     if encoder.output_dim != manifest["feature_dim"]:
         raise ModelError(

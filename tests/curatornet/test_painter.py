@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from curatornet.painter import looks, paint
 from training.data.formats import load_dataset
-from training.painter import looks, paint
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,17 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data.formats import load_dataset, purchases_before_upload, purchases_beyond_stock
-from training.data.stats import UGALLERY, describe
-from training.synthetic import (
-    CONFIG_FILE,
-    TASTES_FILE,
-    MarketConfig,
-    generate,
-    load_truth,
-    lomax_quantiles,
+from curatornet.synthetic import TASTES_FILE, MarketConfig, generate, load_truth, lomax_quantiles
+from training.data.formats import (
+    MARKET_CONFIG_FILE,
+    load_dataset,
+    purchases_before_upload,
+    purchases_beyond_stock,
     save_market,
 )
+from training.data.stats import UGALLERY, describe
 
 CALIBRATED = [
     "items",
@@ -53,7 +51,7 @@ def test_same_seed_same_bytes_and_another_seed_differs(tmp_path: Path) -> None:
         save_market(generate(config, seed=seed), tmp_path / name)
     files = sorted(path.name for path in (tmp_path / "a").iterdir())
     assert files == sorted(
-        ["inventory.csv", "purchases.csv", "features.npz", TASTES_FILE, CONFIG_FILE]
+        ["inventory.csv", "purchases.csv", "features.npz", TASTES_FILE, MARKET_CONFIG_FILE]
     )
     for file in files:
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file

@@ -1,32 +1,24 @@
-"""Images to feature vectors in the service: decoding with guards, the encoder's exact
-preprocessing, and the exported CNN in ONNX Runtime (no torch at run time).
+"""Pictures to feature vectors: the encoder's exact preprocessing, and the exported CNN in
+ONNX Runtime (no torch at run time).
 
-The preprocessing lives here, once: the training side's torch reference imports it, so the
-pixels the CNN sees can never drift between the two.
+The preprocessing lives here, once: the service's uploads, the painted market and the
+training side's torch reference all go through it, so the pixels the CNN sees can never
+drift between them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP"}
-
-
-class ImageError(ValueError):
-    """An upload that is not a usable image; `status` is the HTTP answer it deserves."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
+from curatornet.model_format import ENCODER_FEATURES, ENCODER_IMAGES, ModelError
+from curatornet.onnx_sessions import open_session
 
 
 @dataclass(frozen=True)
@@ -37,39 +29,6 @@ class Preprocessing:
     crop: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-
-
-def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Bytes to an RGB image, refusing what is too big, not an image, or not JPEG/PNG/WebP.
-
-    The pixel limit is checked from the header before any pixel is decoded, so a
-    decompression bomb costs nothing.
-    """
-    if len(data) > max_bytes:
-        raise ImageError(f"the image is {len(data)} bytes, more than {max_bytes}", 413)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in ACCEPTED_FORMATS:
-                raise ImageError(f"{image.format} images are not accepted (JPEG, PNG or WebP)", 415)
-            pixels = image.width * image.height
-            if pixels > max_pixels:
-                raise ImageError(
-                    f"the image is {image.width}x{image.height} = {pixels} pixels, "
-                    f"more than {max_pixels}",
-                    413,
-                )
-            image.load()
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read (JPEG, PNG or WebP)", 415) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"refused as a decompression bomb: {error}", 413) from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"the image is corrupt or truncated ({error})") from None
-    return image.convert("RGB")
 
 
 def preprocess(image: Image.Image, steps: Preprocessing) -> np.ndarray:
@@ -99,13 +58,11 @@ class ImageEncoder:
 
     def encode_pixels(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed [N, 3, crop, crop] inputs to [N, output_dim] features."""
-        return self.session.run(["features"], {"images": batch})[0]
+        return self.session.run([ENCODER_FEATURES], {ENCODER_IMAGES: batch})[0]
 
 
 def load_image_encoder(manifest_path: Path | str, threads: int | None = None) -> ImageEncoder:
     """Open an exported encoder from its manifest, checking the file's sha256."""
-    from service.encoders import ModelError, session_options
-
     manifest_path = Path(manifest_path)
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -126,10 +83,4 @@ def load_image_encoder(manifest_path: Path | str, threads: int | None = None) ->
         raise ModelError(f"{manifest_path}: not a usable encoder manifest ({error})") from None
     if digest != expected:
         raise ModelError(f"{path}: sha256 does not match {manifest_path}")
-    try:
-        session = ort.InferenceSession(
-            str(path), session_options(threads), providers=["CPUExecutionProvider"]
-        )
-    except Exception as error:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"{path}: ONNX Runtime cannot load it ({error})") from None
-    return ImageEncoder(name, digest, output_dim, steps, session)
+    return ImageEncoder(name, digest, output_dim, steps, open_session(path, threads))

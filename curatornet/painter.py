@@ -16,13 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-if TYPE_CHECKING:
-    from service.images import ImageEncoder
+from curatornet.image_encoder import ImageEncoder
 
 MARKS = ("stroke", "blob", "rectangle", "circle", "line", "dots")
 PROJECTION_SEED = 20_201_122
@@ -81,7 +79,8 @@ def _colour(look: Look, rng: np.random.Generator) -> tuple[int, int, int]:
     hue = (look.hue + rng.normal(0, look.hue_spread)) % 1.0
     saturation = float(np.clip(look.saturation + rng.normal(0, 0.08), 0, 1))
     value = float(np.clip(look.value + rng.normal(0, 0.12), 0.05, 1))
-    return tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+    red, green, blue = colorsys.hsv_to_rgb(hue, saturation, value)
+    return int(255 * red), int(255 * green), int(255 * blue)
 
 
 def _position(look: Look, focus: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -170,8 +169,10 @@ def paint_market(
         return paintings
 
     batches = [range(s, min(s + batch, len(item_ids))) for s in range(0, len(item_ids), batch)]
+    if not batches:
+        return features
     with ThreadPoolExecutor(max_workers=1) as painter:
-        pending = painter.submit(painted, batches[0]) if batches else None
+        pending = painter.submit(painted, batches[0])
         for number, rows in enumerate(batches):
             paintings = pending.result()
             if number + 1 < len(batches):

@@ -1,0 +1,35 @@
+"""The training → service contract in code: what an exported model directory holds and what
+its tensors are called. docs/model-format.md describes it in full (every manifest field and
+the versioning policy); training writes to these names, the loader checks against them.
+"""
+
+from __future__ import annotations
+
+# Written by every export; the loader reads any of SUPPORTED_FORMAT_VERSIONS. A change that
+# an older loader would misread takes a new version (docs/model-format.md, Versioning).
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+
+MANIFEST_FILE = "manifest.json"
+ITEM_TOWER_FILE = "item_tower.onnx"
+USER_TOWER_FILE = "user_tower.onnx"
+
+# The item tower: raw features [N, feature_dim] → embedding [N, embedding_dim].
+ITEM_FEATURES = "features"
+ITEM_EMBEDDING = "embedding"
+# The user tower: history [B, L, embedding_dim] and mask [B, L] (1 = a real item) → user
+# vector [B, embedding_dim].
+USER_HISTORY = "history"
+USER_MASK = "mask"
+USER_VECTOR = "user"
+# An image encoder: preprocessed pictures [N, 3, size, size] → features [N, output_dim].
+ENCODER_IMAGES = "images"
+ENCODER_FEATURES = "features"
+
+# An export whose ONNX files differ from the trained model by this much (max |difference| on
+# random inputs) is refused; what it measured goes into the manifest.
+PARITY_TOLERANCE = 1e-4
+
+
+class ModelError(RuntimeError):
+    """A model or encoder directory that breaks this format; the message says how."""

@@ -1,0 +1,206 @@
+"""Uploads to stored, indexed artworks: the checks that need the model, decoding pictures
+(once, with guards), embedding, then the store and the index.
+
+A request's uploads are checked whole before anything is written, all against the one
+`Serving` snapshot that then embeds them, so a roll-out in between can never have them
+checked by one model and embedded by another. A refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from curatornet.image_encoder import preprocess
+from curatornet.model_loader import LoadedModel
+from service.config import Settings
+from service.indexing import CatalogueIndex, Serving
+from service.stores.base import NewItem
+
+ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP"}
+
+
+class ImageError(ValueError):
+    """An upload that is not a usable image; `status` is the HTTP answer it deserves."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Bytes to an RGB image, refusing what is too big, not an image, or not JPEG/PNG/WebP.
+
+    The pixel limit is checked from the header before any pixel is decoded, so a
+    decompression bomb costs nothing.
+    """
+    if len(data) > max_bytes:
+        raise ImageError(f"the image is {len(data)} bytes, more than {max_bytes}", 413)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in ACCEPTED_FORMATS:
+                raise ImageError(f"{image.format} images are not accepted (JPEG, PNG or WebP)", 415)
+            pixels = image.width * image.height
+            if pixels > max_pixels:
+                raise ImageError(
+                    f"the image is {image.width}x{image.height} = {pixels} pixels, "
+                    f"more than {max_pixels}",
+                    413,
+                )
+            image.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read (JPEG, PNG or WebP)", 415) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"refused as a decompression bomb: {error}", 413) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"the image is corrupt or truncated ({error})") from None
+    return image.convert("RGB")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One artwork as a request gave it, each field valid on its own. Its features come as
+    exactly one of: `features` (a vector), `features_b64` (the vector as little-endian
+    float32 bytes in base64), `image_b64` (a picture in base64, in JSON) or `image` (a
+    picture's bytes, from a form)."""
+
+    id: str
+    artist_id: str
+    edition_size: int | None
+    stock: int | None
+    metadata: dict[str, Any]
+    features: list[float] | None = None
+    features_b64: str | None = None
+    image_b64: str | None = None
+    image: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What is wrong with upload number `upload`: `where` is the field (and a position in
+    it), `status` the HTTP answer a picture's problem deserves on its own (413 too large,
+    415 not JPEG/PNG/WebP)."""
+
+    upload: int
+    where: tuple[str | int, ...]
+    message: str
+    status: int = 422
+
+
+class UploadRefused(ValueError):
+    """Nothing was stored: `problems` lists every upload's every problem."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(f"{p.upload} {p.where}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Ingested:
+    created: list[str]
+    updated: list[str]
+    index_size: int
+
+
+def ingest(
+    uploads: list[Upload], serving: Serving, catalogue: CatalogueIndex, settings: Settings
+) -> Ingested:
+    """Check, embed, store and index a request's uploads, or raise UploadRefused."""
+    model = serving.model
+    problems: list[Problem] = []
+    vectors: list[np.ndarray] = []
+    pictures: dict[int, np.ndarray] = {}  # preprocessed at once: full-size pixels never pile up
+    seen: dict[str, int] = {}
+    for n, upload in enumerate(uploads):
+        picture_field = "image" if upload.image is not None else "image_b64"
+        if upload.image is not None or upload.image_b64 is not None:
+            vectors.append(np.zeros(model.feature_dim, np.float32))  # filled in once all pass
+            try:
+                pictures[n] = _picture(upload, model, settings)
+            except ImageError as error:
+                problems.append(Problem(n, (picture_field,), str(error), error.status))
+        else:
+            vector, field, problem = _vector(upload, model.feature_dim)
+            vectors.append(vector)
+            if problem:
+                problems.append(Problem(n, (field,), problem))
+            elif not np.isfinite(vector).all():
+                bad = int(np.flatnonzero(~np.isfinite(vector))[0])
+                problems.append(Problem(n, (field, bad), "NaN or infinite values are not features"))
+        size = len(json.dumps(upload.metadata))
+        if size > settings.max_metadata_bytes:
+            limit = settings.max_metadata_bytes
+            problems.append(Problem(n, ("metadata",), f"{size} bytes of JSON, at most {limit}"))
+        if upload.id in seen:
+            problems.append(Problem(n, ("id",), f"{upload.id!r} repeats entry {seen[upload.id]}"))
+        seen[upload.id] = n
+    if problems:
+        raise UploadRefused(problems)
+    if pictures and model.image_encoder is not None:
+        encoded = model.image_encoder.encode_pixels(np.stack(list(pictures.values())))
+        for n, features in zip(pictures, encoded, strict=True):
+            vectors[n] = features
+    embeddings = model.embed_items(np.stack(vectors))
+    result = catalogue.upsert_items(
+        [
+            NewItem(
+                u.id,
+                u.artist_id,
+                features,
+                embedding,
+                u.edition_size,
+                u.stock,
+                u.metadata,
+                model.version,
+            )
+            for u, features, embedding in zip(uploads, vectors, embeddings, strict=True)
+        ]
+    )
+    return Ingested(result.created, result.updated, len(catalogue.serving.index))
+
+
+def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | None]:
+    """The float32 vector, the field it came from, and what is wrong with its size if anything."""
+    if upload.features_b64 is not None:
+        try:
+            raw = base64.b64decode(upload.features_b64, validate=True)
+        except binascii.Error as error:
+            return np.zeros(0, np.float32), "features_b64", f"not base64 ({error})"
+        if len(raw) != 4 * feature_dim:
+            message = f"expected {4 * feature_dim} bytes ({feature_dim} float32), got {len(raw)}"
+            return np.zeros(0, np.float32), "features_b64", message
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32), "features_b64", None
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused later
+        features = np.asarray(upload.features, dtype=np.float32)
+    if features.shape != (feature_dim,):
+        return features, "features", f"expected {feature_dim} values, got {len(features)}"
+    return features, "features", None
+
+
+def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> np.ndarray:
+    """The upload's picture decoded once and preprocessed for the model's encoder."""
+    if model.image_encoder is None:
+        raise ImageError(
+            f"the model being served ({model.version}) takes feature vectors: its manifest "
+            "names no image encoder"
+        )
+    data = upload.image
+    if data is None:
+        try:
+            data = base64.b64decode(upload.image_b64 or "", validate=True)
+        except binascii.Error as error:
+            raise ImageError(f"not base64 ({error})") from None
+    image = decode(data, settings.max_image_bytes, settings.max_image_pixels)
+    return preprocess(image, model.image_encoder.steps)
