@@ -138,9 +138,7 @@ class MethodResult:
         return out
 
 
-def paired_difference(
-    first: np.ndarray, second: np.ndarray, draws: np.ndarray
-) -> dict[str, float]:
+def paired_difference(first: np.ndarray, second: np.ndarray, draws: np.ndarray) -> dict[str, float]:
     """Mean of ``first - second`` over the same baskets, with its paired bootstrap interval:
     each resample takes the same customers for both methods."""
     difference = first - second

@@ -46,9 +46,7 @@ def summarise(
         "baskets": {name: int(mask.sum()) for name, mask in masks.items()},
         "methods": {
             result.name: {
-                "slices": {
-                    name: result.summary(mask, draws[name]) for name, mask in masks.items()
-                },
+                "slices": {name: result.summary(mask, draws[name]) for name, mask in masks.items()},
                 "recall_curve": np.mean(result.curves, axis=0).tolist() if result.curves else [],
             }
             for result in results
