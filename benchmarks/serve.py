@@ -128,7 +128,7 @@ def rss_mib(pids: list[int]) -> float:
 class Service:
     """`python -m service` in its own session at log level info, its stderr kept in a file."""
 
-    def __init__(self, database: Path, workers: int, log: Path) -> None:
+    def __init__(self, database: Path, workers: int, log: Path, model_dir: Path) -> None:
         self.workers, self.log = workers, log
         self.url = f"http://127.0.0.1:{free_port()}"
         environment = {
@@ -137,7 +137,7 @@ class Service:
             "CURATORNET_PORT": self.url.rsplit(":", 1)[1],
             "CURATORNET_WORKERS": str(workers),
             "CURATORNET_LOG_LEVEL": "info",
-            "CURATORNET_MODEL_DIR": str(MODEL_DIR),
+            "CURATORNET_MODEL_DIR": str(model_dir),
         }
         started = time.perf_counter()
         with log.open("w") as stderr:
@@ -410,36 +410,56 @@ def one_at_a_time(service: Service, n_users: int, count: int, seed: int) -> dict
 
 
 class NaiveRecommender:
-    """CuratorNet's towers in Keras with the shipped model's trained weights, which are read
-    back from the ONNX export's initializers (the export writes them there unchanged)."""
+    """The served model's towers in Keras with its trained weights, which are read back from
+    the ONNX export's initializers (the export writes them there unchanged)."""
 
     def __init__(self, model_dir: Path) -> None:
         import onnx
         from onnx import numpy_helper
 
         from curatornet.model_format import MANIFEST_FILE
-        from training.model import CuratorNet, ModelConfig
 
         manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
         weights = {}
         for key in ("item_tower", "user_tower"):
             graph = onnx.load(model_dir / manifest[key]["file"]).graph
             weights.update({t.name: numpy_helper.to_array(t) for t in graph.initializer})
+        self.architecture = manifest["model"].get("architecture", "paper")
+        if self.architecture == "paper":
+            self.net: Any = self._paper(manifest, weights)
+        else:
+            self.net = self._multi_interest(manifest, weights)
+
+    @staticmethod
+    def _paper(manifest: dict, weights: dict[str, np.ndarray]) -> Any:
+        from training.model import CuratorNet, ModelConfig
+
         config = ModelConfig(
             tuple(manifest["model"]["item_layers"]), tuple(manifest["model"]["user_layers"])
         )
-        self.net = CuratorNet(weights["feature_mean"], weights["feature_std"], config)
-        for tower, prefix in (
-            (self.net.item_tower, "item_dense"),
-            (self.net.user_tower, "user_dense"),
-        ):
-            tower.set_weights(
-                [
-                    weights[f"{prefix}{layer}_{part}"]
-                    for layer in range(len(tower.layers))
-                    for part in ("kernel", "bias")
-                ]
-            )
+        net = CuratorNet(weights["feature_mean"], weights["feature_std"], config)
+        for tower, prefix in ((net.item_tower, "item_dense"), (net.user_tower, "user_dense")):
+            tower.set_weights(_dense_weights(weights, prefix, len(tower.layers)))
+        return net
+
+    @staticmethod
+    def _multi_interest(manifest: dict, weights: dict[str, np.ndarray]) -> Any:
+        from training.multi_interest import MultiInterestConfig, MultiInterestNet
+
+        described = manifest["model"]
+        config = MultiInterestConfig(
+            projection_dim=described["projection_dim"],
+            style_dim=described["style_dim"],
+            bias_hidden=described["bias_hidden"],
+            interests=described["interests"],
+            attention_dim=described["attention_dim"],
+        )
+        net = MultiInterestNet(weights["projection"], config)
+        net.style.kernel.assign(weights["style_kernel"])
+        net.log_scale.assign(np.log(weights["scale"]))
+        for stack, prefix in ((net.bias_tower, "bias_dense"), (net.attention, "attention")):
+            stack.set_weights(_dense_weights(weights, prefix, len(stack.layers)))
+        return net
 
     def parity_with_onnx(self, model_dir: Path, seed: int) -> float:
         """Max |Keras - ONNX Runtime| over both towers: the weights are the trained ones."""
@@ -450,41 +470,45 @@ class NaiveRecommender:
         features = block.astype(np.float32)
         embeddings = served.embed_items(features)
         history, mask = embeddings[None], np.ones((1, len(embeddings)), np.float32)
+        users = served.embed_users(history, mask)
         return max(
             float(np.abs(self.net.embed_items(features) - embeddings).max()),
-            float(
-                np.abs(
-                    self.net.embed_users(history, mask) - served.embed_users(history, mask)
-                ).max()
-            ),
+            float(np.abs(self.net.embed_users(history, mask).reshape(users.shape) - users).max()),
         )
 
     def benchmark(
         self, n_items: int, baskets: list[np.ndarray], count: int, seed: int
     ) -> dict[str, Any]:
-        """Per-request latency of the two ways to run the user tower, each plus numpy top k."""
+        """Per-request latency of the ways to run the user tower, each plus numpy top k (an
+        item's best dot product with the user's vectors)."""
         embeddings = np.concatenate(
             [
                 self.net.embed_items(block.astype(np.float32))
                 for _, block in catalogue_batches(n_items, seed)
             ]
         )
-        tower = self.net.user_tower
 
         def called(history: np.ndarray) -> np.ndarray:
-            return self.net.embed_users(history[None], np.ones((1, len(history)), np.float32))[0]
+            mask = np.ones((1, len(history)), np.float32)
+            users = self.net.embed_users(history[None], mask)
+            return users.reshape(-1, embeddings.shape[1])
 
-        def predicted(history: np.ndarray) -> np.ndarray:
-            pooled = np.concatenate([history.mean(axis=0), history.max(axis=0)])[None]
-            return tower.predict(pooled, verbose=0)[0]
+        ways: list[tuple[str, Callable[[np.ndarray], np.ndarray]]] = [("keras_call", called)]
+        if self.architecture == "paper":
+            tower = self.net.user_tower
 
+            def predicted(history: np.ndarray) -> np.ndarray:
+                pooled = np.concatenate([history.mean(axis=0), history.max(axis=0)])[None]
+                return tower.predict(pooled, verbose=0)
+
+            ways.append(("keras_predict", predicted))
         results = {}
-        for name, user_vector in (("keras_call", called), ("keras_predict", predicted)):
+        for name, user_vectors in ways:
             rng, latencies = random.Random(seed), []
             for n in range(WARM_REQUESTS + count):
                 basket = baskets[rng.randrange(len(baskets))]
                 began = time.perf_counter()
-                scores = embeddings @ user_vector(embeddings[basket])
+                scores = (embeddings @ user_vectors(embeddings[basket]).T).max(axis=1)
                 scores[basket] = -np.inf  # the service leaves out what the customer bought
                 top = np.argpartition(-scores, K)[:K]
                 top = top[np.argsort(-scores[top])]
@@ -492,6 +516,10 @@ class NaiveRecommender:
                     latencies.append(time.perf_counter() - began)
             results[name] = {"requests": count, **percentiles(latencies)}
         return results
+
+
+def _dense_weights(weights: dict[str, np.ndarray], prefix: str, layers: int) -> list[np.ndarray]:
+    return [weights[f"{prefix}{n}_{part}"] for n in range(layers) for part in ("kernel", "bias")]
 
 
 def measure_running(service: Service) -> dict[str, Any]:
@@ -516,7 +544,7 @@ def bench_size(
     database = work / f"catalogue-{n_items}.db"
     baskets = user_baskets(n_items, args.users, args.seed)
     print(f"... N={n_items}: loading the catalogue and purchases (1 worker)", flush=True)
-    with Service(database, 1, work / f"load-{n_items}.log") as service:
+    with Service(database, 1, work / f"load-{n_items}.log", args.model_dir) as service:
         loading = {
             "ingest": ingest(service, n_items, args.seed),
             "purchases": asyncio.run(record_purchases(service.url, baskets, args.concurrency)),
@@ -526,7 +554,8 @@ def bench_size(
     runs = []
     for workers in args.workers:
         print(f"... N={n_items}: restart with {workers} worker(s), drive /recommend", flush=True)
-        with Service(database, workers, work / f"serve-{n_items}-{workers}.log") as service:
+        log = work / f"serve-{n_items}-{workers}.log"
+        with Service(database, workers, log, args.model_dir) as service:
             run = {"workers": workers, **measure_running(service)}
             run["rebuild_logged"] = service.rebuilds_logged()
             run["rebuild_s_from_metrics"] = service.rebuilds_from_metrics()
@@ -549,6 +578,18 @@ def bench_size(
             run["rss_mib_after_serving"] = service.rss_mib()
             run["errors_logged"] = service.errors_logged()
         runs.append(run)
+    compared: dict[str, Any] | None = None
+    if args.compare_model_dir is not None:
+        print(f"... N={n_items}: 1 worker on {args.compare_model_dir}, one at a time", flush=True)
+        log = work / f"compare-{n_items}.log"
+        with Service(database, 1, log, args.compare_model_dir) as service:
+            other = one_at_a_time(service, args.users, args.requests, args.seed)
+        compared = {"model_dir": str(args.compare_model_dir), "one_at_a_time": other}
+        print(f"... N={n_items}: 1 worker on {args.model_dir} again, one at a time", flush=True)
+        with Service(database, 1, work / f"again-{n_items}.log", args.model_dir) as service:
+            again = one_at_a_time(service, args.users, args.requests, args.seed)
+        compared["model_one_at_a_time_again"] = again
+        compared["model_p50_over_compared_p50"] = again["p50_ms"] / other["p50_ms"]
     print(f"... N={n_items}: the naive way (Keras + numpy, in process)", flush=True)
     naive_result = naive.benchmark(n_items, baskets, args.requests, args.seed)
     for run in runs:
@@ -560,7 +601,13 @@ def bench_size(
             }
             for name, figures in naive_result.items()
         }
-    return {"n_items": n_items, **loading, "runs": runs, "naive": naive_result}
+    return {
+        "n_items": n_items,
+        **loading,
+        "runs": runs,
+        "compared": compared,
+        "naive": naive_result,
+    }
 
 
 def print_table(results: dict[str, Any]) -> None:
@@ -606,6 +653,14 @@ def print_table(results: dict[str, Any]) -> None:
                     f"{wrk['requests_per_s']:>7.0f} {wrk['p50_ms']:>7.1f} {wrk['p95_ms']:>7.1f} "
                     f"{wrk['p99_ms']:>7.1f} {wrk['errors']:>4}"
                 )
+        if size.get("compared"):
+            compared = size["compared"]
+            again = compared["model_one_at_a_time_again"]
+            print(
+                f"1 worker one-by-one p50: {again['p50_ms']:.2f} ms "
+                f"with the model, {compared['one_at_a_time']['p50_ms']:.2f} ms with "
+                f"{compared['model_dir']} (ratio {compared['model_p50_over_compared_p50']:.2f})"
+            )
         for name, figures in size["naive"].items():
             ratios = ", ".join(
                 f"{run['naive_p50_over_service_p50'][name]['one_at_a_time']:.2f}x "
@@ -643,6 +698,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=Path,
         default=ROOT / "benchmarks" / "results" / "serve.json",
         help="JSON results (default benchmarks/results/serve.json)",
+    )
+    parser.add_argument(
+        "--model-dir", type=Path, default=MODEL_DIR, help="the model served (default %(default)s)"
+    )
+    parser.add_argument(
+        "--compare-model-dir",
+        type=Path,
+        default=None,
+        help="another model (e.g. the paper architecture) to time one request at a time on the "
+        "same catalogue, alternating with --model-dir in the same run",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: --sizes 2000 --duration 3")
     args = parser.parse_args(argv)
@@ -687,15 +752,16 @@ def main(argv: list[str] | None = None) -> int:
         empty = {}
         for workers in args.workers:
             print(f"... empty store, {workers} worker(s)", flush=True)
-            with Service(work / f"empty-{workers}.db", workers, work / f"empty-{workers}.log") as s:
+            database, log = work / f"empty-{workers}.db", work / f"empty-{workers}.log"
+            with Service(database, workers, log, args.model_dir) as s:
                 empty[workers] = measure_running(s)
         results["empty_store"] = empty
         print("... building the naive Keras model", flush=True)
-        naive = NaiveRecommender(MODEL_DIR)
+        naive = NaiveRecommender(args.model_dir)
         results["naive_model"] = {
-            "weights": "trained: models/synthetic-2048's weights read back from its ONNX"
-            " initializers into the Keras CuratorNet of training/model.py",
-            "parity_max_abs_diff_vs_onnx": naive.parity_with_onnx(MODEL_DIR, args.seed),
+            "weights": f"trained: {args.model_dir}'s weights read back from its ONNX"
+            f" initializers into the Keras model of training/ ({naive.architecture})",
+            "parity_max_abs_diff_vs_onnx": naive.parity_with_onnx(args.model_dir, args.seed),
         }
         results["sizes"] = [bench_size(n, args, empty, work, naive) for n in args.sizes]
     results["machine"]["load_average_at_end"] = os.getloadavg()

@@ -7,8 +7,15 @@ from __future__ import annotations
 
 # Written by every export; the loader reads any of SUPPORTED_FORMAT_VERSIONS. A change that
 # an older loader would misread takes a new version (docs/model-format.md, Versioning).
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = frozenset({FORMAT_VERSION})
+# Version 1: the user tower returns one vector [B, embedding_dim]. Version 2: it returns
+# `interests` vectors [B, interests, embedding_dim] and a work's score is the largest of its
+# dot products with them (SCORE_MAX_DOT); the paper's model is written with interests = 1.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, FORMAT_VERSION})
+SCORE_DOT = "dot"  # version 1
+SCORE_MAX_DOT = "max_dot"  # version 2
+# What manifest.json's model.architecture names (informational: the loader serves either).
+ARCHITECTURES = ("multi-interest", "paper")
 
 MANIFEST_FILE = "manifest.json"
 ITEM_TOWER_FILE = "item_tower.onnx"
@@ -18,7 +25,7 @@ USER_TOWER_FILE = "user_tower.onnx"
 ITEM_FEATURES = "features"
 ITEM_EMBEDDING = "embedding"
 # The user tower: history [B, L, embedding_dim] and mask [B, L] (1 = a real item) → user
-# vector [B, embedding_dim].
+# vector [B, embedding_dim] (version 1) or interests [B, interests, embedding_dim] (version 2).
 USER_HISTORY = "history"
 USER_MASK = "mask"
 USER_VECTOR = "user"

@@ -19,6 +19,7 @@ from curatornet.model_format import (
     ITEM_EMBEDDING,
     ITEM_FEATURES,
     MANIFEST_FILE,
+    SCORE_MAX_DOT,
     SUPPORTED_FORMAT_VERSIONS,
     USER_HISTORY,
     USER_MASK,
@@ -62,13 +63,24 @@ class LoadedModel:
         features = np.ascontiguousarray(features, dtype=np.float32)
         return self.item_session.run([ITEM_EMBEDDING], {ITEM_FEATURES: features})[0]
 
+    @property
+    def interests(self) -> int:
+        """K, the vectors the user tower returns per user (1 for a format-version-1 model)."""
+        return int(self.manifest.get("interests", 1))
+
     def embed_users(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """[B, L, E] history embeddings and [B, L] mask (1 = real item) → [B, E] user vectors."""
+        """[B, L, E] history embeddings and [B, L] mask (1 = real item) → [B, K, E] interests;
+        an item's score for a user is the largest of its K dot products with them."""
         feeds = {
             USER_HISTORY: np.ascontiguousarray(history, dtype=np.float32),
             USER_MASK: np.ascontiguousarray(mask, dtype=np.float32),
         }
-        return self.user_session.run([USER_VECTOR], feeds)[0]
+        users = self.user_session.run([USER_VECTOR], feeds)[0]
+        return users.reshape(len(users), self.interests, self.embedding_dim)
+
+    def score(self, interests: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """[K, E] one user's interests and [N, E] item embeddings → [N] scores."""
+        return (embeddings @ interests.T).max(axis=1)
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:
@@ -88,6 +100,12 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     for key in ("feature_dim", "embedding_dim", "item_tower", "user_tower"):
         if key not in manifest:
             raise ModelError(f"{path}: missing {key!r}")
+    if version >= 2:
+        interests = manifest.get("interests")
+        if not isinstance(interests, int) or isinstance(interests, bool) or interests < 1:
+            raise ModelError(f"{path}: format_version 2 needs 'interests', a positive integer")
+        if manifest.get("score") != SCORE_MAX_DOT:
+            raise ModelError(f"{path}: format_version 2 scores by {SCORE_MAX_DOT!r}")
     return manifest
 
 
@@ -156,11 +174,17 @@ def _load(directory: Path, options: LoadOptions) -> LoadedModel:
     feature_dim, embedding_dim = manifest["feature_dim"], manifest["embedding_dim"]
     item = _open_tower(directory, manifest, "item_tower", threads)
     user = _open_tower(directory, manifest, "user_tower", threads)
+    # Version 1: one user vector; version 2: `interests` of them, scored by the best.
+    users = (
+        [None, embedding_dim]
+        if manifest["format_version"] == 1
+        else [None, manifest["interests"], embedding_dim]
+    )
     expected = {
         ("item_tower", ITEM_FEATURES): [None, feature_dim],
         ("item_tower", ITEM_EMBEDDING): [None, embedding_dim],
         ("user_tower", USER_HISTORY): [None, None, embedding_dim],
-        ("user_tower", USER_VECTOR): [None, embedding_dim],
+        ("user_tower", USER_VECTOR): users,
     }
     sessions = {"item_tower": item, "user_tower": user}
     for (tower, name), shape in expected.items():
@@ -169,7 +193,8 @@ def _load(directory: Path, options: LoadOptions) -> LoadedModel:
         if actual is None or _fixed(actual) != shape:
             raise ModelError(
                 f"{directory / manifest[tower]['file']}: {name} has shape {actual}, but the "
-                f"manifest's feature_dim={feature_dim}, embedding_dim={embedding_dim} need {shape}"
+                f"manifest's feature_dim={feature_dim}, embedding_dim={embedding_dim}, "
+                f"interests={manifest.get('interests', 1)} need {shape}"
             )
     return LoadedModel(
         directory=directory,

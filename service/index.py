@@ -141,14 +141,18 @@ class ItemIndex:
 
     def search(
         self,
-        vector: np.ndarray,
+        queries: np.ndarray,
         k: int,
         exclude_items: set[str] | frozenset[str] = frozenset(),
         include_artists: set[str] | None = None,
         exclude_artists: set[str] | frozenset[str] = frozenset(),
     ) -> list[Hit]:
-        """Top k by inner product among the items for sale that pass the filters."""
-        query = np.ascontiguousarray(vector, dtype=np.float32).reshape(1, self.dim)
+        """Top k among the items for sale that pass the filters, an item's score being its
+        largest inner product with the queries ([dim] or [Q, dim]: a user's interests).
+
+        One FAISS search of all Q queries; the merge is exact, since an item in the top k by
+        its best score is in the top k of the query that gives it that score."""
+        query = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             excluded = {self._slot_by_item[i] for i in exclude_items if i in self._slot_by_item}
             for artist in exclude_artists:
@@ -175,12 +179,15 @@ class ItemIndex:
                     scores, slots = self._search(query, k, selector)
                 else:
                     scores, slots = self._search(query, min(k + len(excluded), self._faiss.ntotal))
+            best: dict[int, float] = {}
+            for score, slot in zip(scores.ravel().tolist(), slots.ravel().tolist(), strict=True):
+                if slot >= 0 and slot not in excluded and score > best.get(slot, -np.inf):
+                    best[slot] = score
+            ranked = sorted(best.items(), key=lambda pair: -pair[1])
             hits = [
-                Hit(entry.key, entry.item_id, entry.artist_id, float(score))
-                for score, slot in zip(scores[0], slots[0], strict=True)
-                if slot >= 0
-                and slot not in excluded
-                and (entry := self._entries.get(int(slot))) is not None
+                Hit(entry.key, entry.item_id, entry.artist_id, score)
+                for slot, score in ranked
+                if (entry := self._entries.get(slot)) is not None
             ]
             return hits[:k]
 
@@ -191,7 +198,7 @@ class ItemIndex:
         HNSW, whose filtered graph walk can miss members of a small subset, brute force."""
         if self.kind == "flat":
             return self._search(query, k, faiss.IDSelectorBatch(allowed))
-        scores = np.stack([self._vectors[int(s)] for s in allowed]) @ query[0]
+        scores = (np.stack([self._vectors[int(s)] for s in allowed]) @ query.T).max(axis=1)
         top = np.argsort(-scores, kind="stable")[:k]
         return scores[top][None], allowed[top][None]
 

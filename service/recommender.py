@@ -72,15 +72,16 @@ class Recommender:
             found |= dict(zip(missing, computed, strict=True))
         return found
 
-    def _user_vector(
+    def _interests(
         self, model: LoadedModel, history_ids: list[str]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The user tower over the last N history items' embeddings."""
+        """[K, E] the user tower over the last N history items' embeddings (K = 1 for a
+        single-vector model), and those embeddings."""
         recent = history_ids[-self.history_length :]
         stored = self._embeddings(model, recent)
         history = np.stack([stored[i] for i in recent])[None]
-        vector = model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
-        return vector, stored
+        interests = model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
+        return interests, stored
 
     def recommend(
         self,
@@ -94,9 +95,9 @@ class Recommender:
         if not history_ids:
             fallback = self._fallback(serving, k, exclude, filters)
             return Recommendations(FALLBACK, fallback, 0, serving.model.version)
-        vector, history = self._user_vector(serving.model, history_ids)
+        interests, history = self._interests(serving.model, history_ids)
         hits = self._search_for_sale(
-            serving, vector, k, exclude, filters.include_artists, filters.exclude_artists
+            serving, interests, k, exclude, filters.include_artists, filters.exclude_artists
         )
         items = (
             self._explained(serving.model, hits, history, explain)
@@ -115,7 +116,7 @@ class Recommender:
     def _search_for_sale(
         self,
         serving: Serving,
-        vector: np.ndarray,
+        queries: np.ndarray,
         k: int,
         exclude: set[str],
         include_artists: set[str] | None = None,
@@ -128,7 +129,7 @@ class Recommender:
         """
         for _ in range(STALE_RETRIES):
             hits = serving.index.search(
-                vector, k, exclude, include_artists, exclude_artists or set()
+                queries, k, exclude, include_artists, exclude_artists or set()
             )
             live = self._store.for_sale([h.item_id for h in hits])
             stale = [h.key for h in hits if h.item_id not in live]

@@ -114,8 +114,8 @@ class CuratorNetOnnx:
         assert self.embeddings is not None
         history = self.embeddings[query.profile[-self.history_limit :]][None]
         mask = np.ones(history.shape[:2], np.float32)
-        user = self.model.embed_users(history, mask)[0]
-        return self.embeddings[query.candidates] @ user
+        interests = self.model.embed_users(history, mask)[0]
+        return self.model.score(interests, self.embeddings[query.candidates])
 
 
 class Ceiling:

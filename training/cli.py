@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from curatornet.model_format import MANIFEST_FILE
+from curatornet.model_format import ARCHITECTURES, MANIFEST_FILE
 from curatornet.synthetic import MarketConfig, generate
 from training.data.formats import DataError, load_dataset, save_dataset, save_market
 from training.data.stats import describe, format_table
@@ -93,7 +93,12 @@ def _train(args: argparse.Namespace) -> int:
     from training.pipeline import RunConfig, train_and_export
 
     config = RunConfig.from_preset(
-        args.preset, seed=args.seed, epochs=args.epochs, l2=args.l2, strategy=args.sampling
+        args.preset,
+        architecture=args.architecture,
+        seed=args.seed,
+        epochs=args.epochs,
+        l2=args.l2,
+        strategy=args.sampling,
     )
     started = time.perf_counter()
     run = train_and_export(
@@ -104,18 +109,17 @@ def _train(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle_features,
         image_encoder=args.image_encoder,
     )
-    print(
-        f"\n{'epoch':>5}  {'loss':>7}  {'train acc':>9}  {'val acc':>7}  {'lr':>8}  {'seconds':>7}"
-    )
+    print(f"\n{'epoch':>5}  {'loss':>7}  {'train acc':>9}  {'val':>7}  {'lr':>8}  {'seconds':>7}")
     for e in run.result.history:
         print(
             f"{e.epoch:>5}  {e.train_loss:>7.4f}  {e.train_accuracy:>9.4f}  "
-            f"{e.validation_accuracy:>7.4f}  {e.learning_rate:>8.2e}  {e.seconds:>7.1f}"
+            f"{e.validation:>7.4f}  {e.learning_rate:>8.2e}  {e.seconds:>7.1f}"
         )
     manifest = run.manifest
     print(
-        f"\nwrote {args.out}: best epoch {run.result.best_epoch}, validation pairwise accuracy "
-        f"{run.result.best_validation_accuracy:.4f}; {run.triples:,} triples sampled at "
+        f"\nwrote {args.out}: best epoch {run.result.best_epoch}, validation "
+        f"{run.result.validation_metric} {run.result.best_validation:.4f}; "
+        f"{run.triples:,} triples sampled at "
         f"{run.triples_per_second:,.0f}/s; {run.result.seconds_per_epoch:.1f} s per epoch; "
         f"ONNX parity error {manifest['export']['parity_max_abs_diff']:.1e}; "
         f"{time.perf_counter() - started:.0f} s in all"
@@ -130,21 +134,26 @@ METHODS = (
     "vbpr",
     "vbpr-random",
     "curatornet",
+    "curatornet-paper",
     "curatornet-random",
     "ceiling",
 )
 
 
-def _ablation_model(args: argparse.Namespace, main_manifest: dict) -> Path:
-    """The uniform-negative CuratorNet: given, already built in OUT, or trained now."""
+def _companion_model(
+    args: argparse.Namespace, main_manifest: dict, given: Path | None, name: str, strategy: str
+) -> Path:
+    """A paper-architecture CuratorNet to compare with: given, already built in OUT/name, or
+    trained now with the main model's preset and seed (guidelines, or uniform negatives for
+    the ablation of the paper's Figure 3)."""
     from training.pipeline import RunConfig, train_and_export
 
-    directory = args.ablation_model or args.out / "curatornet-random"
+    directory = given or args.out / name
     if not (directory / MANIFEST_FILE).is_file():
         preset = main_manifest.get("training", {}).get("preset", "quick")
         seed = main_manifest.get("training", {}).get("seed", 0)
-        print(f"training the uniform-negative ablation ({preset} preset) into {directory}")
-        config = RunConfig.from_preset(preset, seed=seed, strategy="random")
+        print(f"training the paper's CuratorNet ({strategy}, {preset} preset) into {directory}")
+        config = RunConfig.from_preset(preset, architecture="paper", seed=seed, strategy=strategy)
         train_and_export(
             args.data,
             directory,
@@ -178,6 +187,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     train, held_out = split_last_basket(dataset)
     main_manifest = json.loads((args.model / MANIFEST_FILE).read_text())
     methods: list[baselines.Method] = []
+    architecture = main_manifest.get("model", {}).get("architecture", "paper")
+    subject = f"CuratorNet, {architecture} (--model)"
     clusters = None
     if {"vbpr", "vbpr-random"} & set(keys):
         clusters = load_or_compute_clusters(
@@ -196,14 +207,29 @@ def _evaluate(args: argparse.Namespace) -> int:
             config = baselines.VBPRConfig(seed=args.seed)
             methods.append(baselines.VBPR(clusters.labels, clusters.reduced, strategy, config))
         elif key == "curatornet":
-            methods.append(baselines.CuratorNetOnnx(args.model, "CuratorNet (guidelines)"))
+            methods.append(baselines.CuratorNetOnnx(args.model, subject))
+        elif key == "curatornet-paper":
+            directory = _companion_model(
+                args, main_manifest, args.paper_model, "curatornet-paper", "guidelines"
+            )
+            methods.append(baselines.CuratorNetOnnx(directory, "CuratorNet, paper (guidelines)"))
         elif key == "curatornet-random":
-            directory = _ablation_model(args, main_manifest)
-            methods.append(baselines.CuratorNetOnnx(directory, "CuratorNet (uniform negatives)"))
+            directory = _companion_model(
+                args, main_manifest, args.ablation_model, "curatornet-random", "random"
+            )
+            methods.append(
+                baselines.CuratorNetOnnx(directory, "CuratorNet, paper (uniform negatives)")
+            )
         elif key == "ceiling":
             methods.append(baselines.Ceiling(load_truth(args.data, dataset)))
     results, cases = evaluate_methods(dataset, train, held_out, methods, seed=args.seed)
-    summary = summarise(results, cases, seed=args.seed)
+    summary = summarise(
+        results,
+        cases,
+        seed=args.seed,
+        subject=subject if "curatornet" in keys else None,
+        user_ids=dataset.user_ids,
+    )
     summary["setup"] = {
         "data": str(args.data),
         "model": str(args.model),
@@ -270,6 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--preset", choices=sorted(PRESETS), default="quick", help="triples per guideline"
     )
+    train.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default=ARCHITECTURES[0],
+        help="multi-interest (default: K interests per customer, VisRank-initialised metric) "
+        "or paper (CuratorNet as published: one user vector, BPR)",
+    )
     train.add_argument("--epochs", type=int, default=None, help="maximum epochs")
     train.add_argument("--l2", type=float, default=None, help="L2 on kernels (default 1e-4)")
     train.add_argument("--seed", type=int, default=0)
@@ -293,10 +326,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default="all", help=f"'all' or a comma list of {', '.join(METHODS)}"
     )
     evaluate.add_argument(
+        "--paper-model",
+        type=Path,
+        default=None,
+        help="the paper's CuratorNet (--architecture paper) for curatornet-paper "
+        "(default: OUT/curatornet-paper, trained there if missing)",
+    )
+    evaluate.add_argument(
         "--ablation-model",
         type=Path,
         default=None,
-        help="CuratorNet trained with --sampling random (default: trained into OUT if missing)",
+        help="the paper's CuratorNet trained with --sampling random, for curatornet-random "
+        "(default: OUT/curatornet-random, trained there if missing)",
     )
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(run=_evaluate)

@@ -11,26 +11,37 @@ from pathlib import Path
 
 import numpy as np
 
+from curatornet.model_format import ARCHITECTURES
 from training.clusters import ClusterConfig, load_or_compute_clusters
 from training.data.formats import DataError, load_dataset
 from training.data.stats import describe
+from training.evaluate import replay
 from training.export import export_model
 from training.model import ModelConfig
+from training.multi_interest import MultiInterestConfig
 from training.sampling import PRESETS, SamplingConfig, sample_triples, split_validation
 from training.split import split_last_basket
 from training.train import TrainConfig, TrainResult, train_model
+from training.train_multi_interest import train_multi_interest
 
 log = logging.getLogger(__name__)
 
+# Maximum epochs, and for the multi-interest model the triples per guideline: it learns from
+# a softmax over each batch, so it needs far fewer rows than BPR on single triples.
 EPOCHS = {"tiny": 8, "quick": 10, "default": 12, "paper": 10}
+MULTI_INTEREST_TRIPLES = {"tiny": 4_000, "quick": 20_000, "default": 50_000, "paper": 50_000}
+MULTI_INTEREST_EPOCHS = {"tiny": 4, "quick": 6, "default": 8, "paper": 8}
+MULTI_INTEREST_TRAINING = {"batch_size": 1024, "learning_rate": 3e-4, "l2": 1e-4}
 
 
 @dataclass(frozen=True)
 class RunConfig:
     preset: str = "quick"
+    architecture: str = "multi-interest"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     clusters: ClusterConfig = field(default_factory=ClusterConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    multi_interest: MultiInterestConfig = field(default_factory=MultiInterestConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     @classmethod
@@ -38,6 +49,7 @@ class RunConfig:
         cls,
         preset: str,
         *,
+        architecture: str = "multi-interest",
         seed: int = 0,
         epochs: int | None = None,
         l2: float | None = None,
@@ -45,12 +57,24 @@ class RunConfig:
     ) -> RunConfig:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        train = TrainConfig(epochs=epochs or EPOCHS[preset], seed=seed)
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
+        if architecture == "paper":
+            per_guideline = PRESETS[preset]
+            train = TrainConfig(epochs=epochs or EPOCHS[preset], seed=seed)
+        else:
+            per_guideline = MULTI_INTEREST_TRIPLES[preset]
+            train = TrainConfig(
+                epochs=epochs or MULTI_INTEREST_EPOCHS[preset],
+                seed=seed,
+                **MULTI_INTEREST_TRAINING,  # type: ignore[arg-type]
+            )
         if l2 is not None:
             train = replace(train, l2=l2)
         return cls(
             preset=preset,
-            sampling=SamplingConfig(per_guideline=PRESETS[preset], strategy=strategy, seed=seed),
+            architecture=architecture,
+            sampling=SamplingConfig(per_guideline=per_guideline, strategy=strategy, seed=seed),
             clusters=ClusterConfig(seed=seed),
             train=train,
         )
@@ -83,14 +107,27 @@ def train_and_export(
     clusters = load_or_compute_clusters(dataset.features, config.clusters, data_dir)
 
     started = time.perf_counter()
-    triples = sample_triples(train, clusters.labels, clusters.reduced, config.sampling)
-    sampling_seconds = time.perf_counter() - started
-    fit, validation = split_validation(
-        triples, config.sampling.validation_share, config.sampling.seed
-    )
-    result = train_model(
-        dataset.features, fit, validation, config.model, config.train, progress=progress
-    )
+    if config.architecture == "paper":
+        triples = sample_triples(train, clusters.labels, clusters.reduced, config.sampling)
+        sampling_seconds = time.perf_counter() - started
+        fit, validation = split_validation(
+            triples, config.sampling.validation_share, config.sampling.seed
+        )
+        result = train_model(
+            dataset.features, fit, validation, config.model, config.train, progress=progress
+        )
+        validation_count = len(validation)
+    else:
+        # Each customer's last training basket is held back and replayed to select the model.
+        fitted, held_back = split_last_basket(train)
+        triples = sample_triples(fitted, clusters.labels, clusters.reduced, config.sampling)
+        sampling_seconds = time.perf_counter() - started
+        fit = triples
+        cases = list(replay(train, fitted, held_back))
+        result = train_multi_interest(
+            dataset.features, triples, cases, config.multi_interest, config.train, progress=progress
+        )
+        validation_count = len(cases)
     details = {
         "training": {
             "data": {
@@ -99,11 +136,12 @@ def train_and_export(
                 "held_out_purchases": held_out.n_purchases,
             },
             "preset": config.preset,
+            "architecture": config.architecture,
             "seed": config.train.seed,
             "sampling": asdict(config.sampling),
             "triples": {
                 "train": len(fit),
-                "validation": len(validation),
+                "validation": validation_count,
                 "per_guideline": {
                     str(int(code)): int(count)
                     for code, count in zip(

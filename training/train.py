@@ -1,11 +1,15 @@
-"""The training loop: BPR on (profile, positive, negative) triples with Adam, LR decay and
-early stopping, keeping the best weights by validation pairwise accuracy."""
+"""The training loops: the epoch loop both architectures share (Adam, LR decay, early stopping,
+the best weights kept), and the paper architecture's BPR steps on (profile, positive,
+negative) triples, selected on validation pairwise accuracy. The multi-interest model's
+steps are in `training.train_multi_interest`."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import keras
 import numpy as np
@@ -35,18 +39,19 @@ class TrainConfig:
 class EpochLog:
     epoch: int
     train_loss: float
-    train_accuracy: float
-    validation_accuracy: float
+    train_accuracy: float  # share of triples whose positive outscored their negative
+    validation: float  # the run's validation metric (TrainResult.validation_metric)
     learning_rate: float
     seconds: float
 
 
 @dataclass
 class TrainResult:
-    model: CuratorNet
+    model: Any  # CuratorNet or MultiInterestNet, holding the best weights
+    validation_metric: str
     history: list[EpochLog] = field(default_factory=list)
     best_epoch: int = 0
-    best_validation_accuracy: float = 0.0
+    best_validation: float = -np.inf
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -55,7 +60,8 @@ class TrainResult:
     def summary(self) -> dict:
         return {
             "best_epoch": self.best_epoch,
-            "validation_pairwise_accuracy": self.best_validation_accuracy,
+            "validation_metric": self.validation_metric,
+            "validation": self.best_validation,
             "seconds_per_epoch": self.seconds_per_epoch,
             "epochs": [asdict(e) for e in self.history],
         }
@@ -148,18 +154,43 @@ def train_model(
     *,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Train from scratch; returns the model holding the best weights seen on validation."""
+    """The paper's CuratorNet from scratch, BPR on triples, selected on validation pairwise
+    accuracy; returns the model holding the best weights seen."""
     keras.utils.set_random_seed(config.seed)
     model = CuratorNet.for_features(features, model_config)
     steps = _Steps(model, features, config)
+    return fit(
+        TrainResult(model, "pairwise accuracy"),
+        model.trainable_variables,
+        steps.optimizer,
+        lambda rows: steps.run(steps.train, make_batch(train_triples, rows)),
+        len(train_triples),
+        lambda: pairwise_accuracy(steps, validation_triples, config.batch_size),
+        config,
+        progress,
+    )
+
+
+def fit(
+    result: TrainResult,
+    variables: list[tf.Variable],
+    optimizer: keras.optimizers.Optimizer,
+    train_step: Callable[[np.ndarray], tuple[Any, Any]],
+    n_rows: int,
+    validate: Callable[[], float],
+    config: TrainConfig,
+    progress: bool | None,
+) -> TrainResult:
+    """The epoch loop both architectures share: shuffled batches of rows, a validation score
+    after each epoch, the learning rate decayed after `lr_patience` epochs without a new
+    best, a stop after `stop_patience`, and the best weights restored at the end."""
     rng = np.random.default_rng(config.seed)
-    result = TrainResult(model=model)
-    best_weights = [v.numpy() for v in model.trainable_variables]
+    best_weights = [v.numpy() for v in variables]
     learning_rate = config.learning_rate
     since_best = decays = 0
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
-        order = rng.permutation(len(train_triples))  # reshuffled every epoch
+        order = rng.permutation(n_rows)  # reshuffled every epoch
         starts = range(0, len(order), config.batch_size)
         losses, accuracies, sizes = [], [], []
         bar = tqdm(
@@ -170,34 +201,35 @@ def train_model(
         )
         for start in bar:
             rows = order[start : start + config.batch_size]
-            loss, accuracy = steps.run(steps.train, make_batch(train_triples, rows))
+            loss, accuracy = train_step(rows)
             losses.append(float(loss))
             accuracies.append(float(accuracy))
             sizes.append(len(rows))
             bar.set_postfix(loss=f"{losses[-1]:.4f}", acc=f"{accuracies[-1]:.3f}")
-        validation = pairwise_accuracy(steps, validation_triples, config.batch_size)
+        validation = validate()
         entry = EpochLog(
             epoch=epoch,
             train_loss=float(np.average(losses, weights=sizes)),
             train_accuracy=float(np.average(accuracies, weights=sizes)),
-            validation_accuracy=validation,
+            validation=validation,
             learning_rate=learning_rate,
             seconds=time.perf_counter() - started,
         )
         result.history.append(entry)
         log.info(
-            "epoch %d: loss %.4f, train acc %.4f, validation acc %.4f, lr %.2e, %.1f s",
+            "epoch %d: loss %.4f, train acc %.4f, validation %s %.4f, lr %.2e, %.1f s",
             epoch,
             entry.train_loss,
             entry.train_accuracy,
+            result.validation_metric,
             validation,
             learning_rate,
             entry.seconds,
         )
-        if validation > result.best_validation_accuracy:
-            result.best_validation_accuracy = validation
+        if validation > result.best_validation:
+            result.best_validation = validation
             result.best_epoch = epoch
-            best_weights = [v.numpy() for v in model.trainable_variables]
+            best_weights = [v.numpy() for v in variables]
             since_best = 0
             continue
         since_best += 1
@@ -207,7 +239,7 @@ def train_model(
         if since_best % config.lr_patience == 0 and decays < config.max_decays:
             learning_rate *= config.lr_decay
             decays += 1
-            steps.optimizer.learning_rate.assign(learning_rate)
-    for variable, value in zip(model.trainable_variables, best_weights, strict=True):
+            optimizer.learning_rate.assign(learning_rate)
+    for variable, value in zip(variables, best_weights, strict=True):
         variable.assign(value)
     return result

@@ -33,11 +33,20 @@ def readyz(serving: ServingDep, store: StoreDep) -> Response:
 @router.get("/model")
 def model(serving: ServingDep) -> dict[str, Any]:
     manifest = serving.model.manifest
-    keys = ("feature_dim", "embedding_dim", "feature_extractor", "score", "created_at", "model")
+    keys = (
+        "format_version",
+        "feature_dim",
+        "embedding_dim",
+        "feature_extractor",
+        "score",
+        "created_at",
+        "model",
+    )
     return {
         "version": serving.model.version,
         "directory": str(serving.model.directory),
         **{key: manifest.get(key) for key in keys},
+        "interests": serving.model.interests,
         "training": manifest.get("training"),
         "metrics": manifest.get("metrics"),
     }

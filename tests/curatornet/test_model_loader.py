@@ -12,6 +12,7 @@ import pytest
 
 from curatornet.model_format import ModelError
 from curatornet.model_loader import LoadOptions, load_model
+from tests.service.helpers import version_1_copy
 
 
 @pytest.fixture
@@ -29,11 +30,48 @@ def _edit_manifest(directory: Path, change) -> None:
 
 def test_loads_and_embeds(model_copy: Path) -> None:
     model = load_model(model_copy)
-    assert (model.feature_dim, model.embedding_dim) == (2048, 200)
+    e = json.loads((model_copy / "manifest.json").read_text())["embedding_dim"]
+    assert (model.feature_dim, model.embedding_dim, model.interests) == (2048, e, 4)
     items = model.embed_items(np.ones((3, 2048), np.float32))
-    assert items.shape == (3, 200)
+    assert items.shape == (3, e)
     users = model.embed_users(items[None], np.ones((1, 3), np.float32))
-    assert users.shape == (1, 200)
+    assert users.shape == (1, 4, e)
+    scores = model.score(users[0], items)
+    np.testing.assert_allclose(scores, (items @ users[0].T).max(axis=1))
+
+
+def test_a_version_1_model_loads_as_one_interest(tiny_market_dir: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from tests.training.helpers import tiny_run_config
+    from training.pipeline import train_and_export
+
+    config = replace(tiny_run_config(epochs=1), architecture="paper")
+    train_and_export(tiny_market_dir, tmp_path / "paper", config, progress=False)
+    new, old = (
+        load_model(tmp_path / "paper"),
+        load_model(version_1_copy(tmp_path / "paper", tmp_path / "v1")),
+    )
+    assert (old.interests, new.interests) == (1, 1)
+    items = new.embed_items(np.ones((3, 2048), np.float32))
+    history, mask = items[None], np.ones((1, 3), np.float32)
+    assert old.embed_users(history, mask).shape == (1, 1, new.embedding_dim)
+    np.testing.assert_allclose(old.embed_users(history, mask), new.embed_users(history, mask))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.pop("interests"), r"format_version 2 needs 'interests'"),
+        (lambda m: m.update(interests=0), r"format_version 2 needs 'interests'"),
+        (lambda m: m.update(score="dot"), r"format_version 2 scores by 'max_dot'"),
+        (lambda m: m.update(interests=3), r"user has shape \['B', 4, \d+\].*need \[None, 3"),
+    ],
+)
+def test_version_2_fields_are_checked(model_copy: Path, change, message: str) -> None:
+    _edit_manifest(model_copy, change)
+    with pytest.raises(ModelError, match=message):
+        load_model(model_copy)
 
 
 def test_changed_file_fails_the_sha256_check(model_copy: Path) -> None:
@@ -65,7 +103,7 @@ def test_missing_files_are_named(model_copy: Path) -> None:
         (
             lambda m: (
                 m["user_tower"]["outputs"].pop("user")
-                and m["user_tower"]["outputs"].update(vec=["B", 200])
+                and m["user_tower"]["outputs"].update(vec=["B", 4, 65])
             ),
             r"no output tensor 'vec'",
         ),

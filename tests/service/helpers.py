@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +54,40 @@ def exported(
     model = CuratorNet(np.zeros(feature_dim), np.ones(feature_dim), config)
     export_model(model, directory, {"purpose": "tests"}, extractor)
     return directory
+
+
+def version_1_copy(directory: Path, out: Path) -> Path:
+    """A paper-architecture export rewritten as format version 1 wrote it: the user tower
+    returns [B, E] (no interest axis), the manifest has no `interests` and scores by "dot"."""
+    import onnx
+    from onnx import helper
+
+    out = Path(shutil.copytree(directory, out))
+    graph = onnx.load(out / "user_tower.onnx")
+    (last,) = [node for node in graph.graph.node if "user" in node.output]
+    assert last.op_type == "Unsqueeze"
+    graph.graph.node.remove(last)
+    graph.graph.node.append(helper.make_node("Identity", [last.input[0]], ["user"]))
+    e = graph.graph.output[0].type.tensor_type.shape.dim[2].dim_value
+    graph.graph.output.pop()
+    graph.graph.output.append(
+        helper.make_tensor_value_info("user", onnx.TensorProto.FLOAT, ["B", e])
+    )
+    onnx.save(graph, out / "user_tower.onnx")
+
+    def as_version_1(manifest: dict) -> None:
+        manifest.update(format_version=1, score="dot")
+        del manifest["interests"]
+        manifest["user_tower"]["outputs"] = {"user": ["B", e]}
+        manifest["user_tower"]["sha256"] = hashlib.sha256(
+            (out / "user_tower.onnx").read_bytes()
+        ).hexdigest()
+
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text())
+    as_version_1(manifest)
+    path.write_text(json.dumps(manifest))
+    return out
 
 
 class LiveService:

@@ -478,7 +478,9 @@ def test_operations_endpoints(client: TestClient) -> None:
     assert ready["index_size"] == 1
     model = client.get("/model").json()
     assert model["feature_dim"] == 2048
-    assert model["embedding_dim"] == 200
+    assert model["embedding_dim"] == 65
+    assert (model["format_version"], model["interests"], model["score"]) == (2, 4, "max_dot")
+    assert model["model"]["architecture"] == "multi-interest"
     assert model["version"] == ready["model"]
     recommend(client, history=["a"])
     metrics = client.get("/metrics").text

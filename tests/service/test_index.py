@@ -32,7 +32,8 @@ def filled(kind: str, data: Catalogue) -> ItemIndex:
 
 
 def brute_force(data: Catalogue, query: np.ndarray, k: int, keep=lambda j: True) -> list[str]:
-    scores = np.stack(data.embeddings) @ query
+    """Top k by the best inner product with the query ([DIM] or [Q, DIM])."""
+    scores = (np.stack(data.embeddings) @ np.atleast_2d(query).T).max(axis=1)
     order = [j for j in np.argsort(-scores, kind="stable") if keep(j)]
     return [data.item_ids[j] for j in order[:k]]
 
@@ -54,6 +55,35 @@ def test_search_matches_brute_force(kind: str) -> None:
         assert len(set(found) & set(expected)) >= 9
     scores = [hit.score for hit in index.search(query, 10)]
     assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("n_queries", [1, 4])
+def test_several_queries_rank_by_the_best_inner_product(kind: str, n_queries: int) -> None:
+    """A user's K interests: one search, each item scored by its best query, exactly."""
+    data = catalogue(500, seed=2)
+    index = filled(kind, data)
+    queries = np.random.default_rng(3).normal(size=(n_queries, DIM)).astype(np.float32)
+    expected = brute_force(data, queries, 20)
+    hits = index.search(queries, 20)
+    found = [hit.item_id for hit in hits]
+    if kind == "flat":
+        assert found == expected
+        best = (np.stack(data.embeddings) @ queries.T).max(axis=1)
+        by_id = dict(zip(data.item_ids, best, strict=True))
+        np.testing.assert_allclose([h.score for h in hits], [by_id[i] for i in found], rtol=1e-5)
+    else:
+        assert len(set(found) & set(expected)) >= 18
+    excluded = set(expected[:5])
+    found = [h.item_id for h in index.search(queries, 10, excluded, None, {"a1"})]
+    keep = lambda j: data.item_ids[j] not in excluded and data.artist_ids[j] != "a1"  # noqa: E731
+    expected_filtered = brute_force(data, queries, 10, keep)
+    if kind == "flat":
+        assert found == expected_filtered
+    else:
+        assert len(set(found) & set(expected_filtered)) >= 9
+    only = [h.item_id for h in index.search(queries, 10, set(), {"a2", "a3"})]
+    in_artists = lambda j: data.artist_ids[j] in {"a2", "a3"}  # noqa: E731
+    assert only == brute_force(data, queries, 10, in_artists)
 
 
 def test_filters(kind: str) -> None:

@@ -11,10 +11,17 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from curatornet.model_loader import load_model
 from service.app import create_app
 from service.config import Settings
 from service.indexing import FeatureDimensionMismatch
-from tests.service.helpers import FEATURES_MODEL, LiveService, exported, random_item
+from tests.service.helpers import (
+    FEATURES_MODEL,
+    LiveService,
+    exported,
+    random_item,
+    version_1_copy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +88,29 @@ def test_restart_with_a_new_setting_rolls_out(store_url: str, other_model: Path)
         explained = client.post("/recommend", json={"user_id": "u", "k": 3, "explain": True})
         assert explained.status_code == 200
         assert explained.json()["items"][0]["because"][0]["item_id"] in {"w0", "w1"}
+
+
+def test_version_1_and_multi_interest_models_roll_out_both_ways(
+    store_url: str, tmp_path: Path
+) -> None:
+    """A model exported before interests existed (format version 1, one user vector) is
+    served, explains, and hands over to the shipped multi-interest model and back."""
+    version_1 = version_1_copy(exported(tmp_path / "paper", 2048, 32), tmp_path / "v1")
+    with app_for(store_url, version_1) as client:
+        load_catalogue(client)
+        for model_dir, interests in ((FEATURES_MODEL, 4), (version_1, 1)):
+            explained = client.post("/recommend", json={"user_id": "u", "k": 5, "explain": True})
+            assert explained.status_code == 200, explained.text
+            items = explained.json()["items"]
+            assert len(items) == 5
+            assert {because["item_id"] for because in items[0]["because"]} == {"w0", "w1"}
+            response = client.post("/admin/model", json={"model_dir": str(model_dir)})
+            assert response.status_code == 200, response.text
+            assert client.get("/model").json()["version"] == response.json()["version"]
+            assert load_model(model_dir).interests == interests
+            similar = client.get("/items/w3/similar", params={"k": 3})
+            assert similar.status_code == 200
+            assert len(similar.json()["items"]) == 3
 
 
 def test_a_model_for_other_features_is_refused(store_url: str, narrow_model: Path) -> None:

@@ -16,7 +16,13 @@ from tests.training.helpers import TINY_CLUSTERS
 from training import baselines
 from training.clusters import cluster_features
 from training.data.formats import load_dataset
-from training.evaluate import evaluate_methods, recall_curve, replay
+from training.evaluate import (
+    bootstrap_draws,
+    evaluate_methods,
+    paired_difference,
+    recall_curve,
+    replay,
+)
 from training.report import summarise, write_report
 from training.split import split_last_basket
 
@@ -103,7 +109,7 @@ def evaluated(tiny_market_dir: Path, tiny_run):
         baselines.Ceiling(load_truth(tiny_market_dir, dataset)),
     ]
     results, cases = evaluate_methods(dataset, train, held_out, methods, progress=False)
-    return results, cases, summarise(results, cases)
+    return results, cases, summarise(results, cases, subject="CuratorNet")
 
 
 def test_every_method_ranks_every_basket(evaluated) -> None:
@@ -126,6 +132,80 @@ def test_ceiling_beats_every_method_on_a_market_with_strong_signal(evaluated) ->
     assert auc["CuratorNet"] > auc["Random"]
 
 
+def test_intervals_do_not_depend_on_which_methods_ran(evaluated) -> None:
+    """One set of resamples per run, shared by every method; ties broken per basket."""
+    results, cases, summary = evaluated
+    alone = summarise([results[2]], cases)
+    assert alone["methods"]["VisRank (max)"] == summary["methods"]["VisRank (max)"]
+    dataset_order = evaluated[0][::-1]
+    reversed_summary = summarise(dataset_order, cases)
+    assert reversed_summary["methods"] == summary["methods"]
+
+
+def test_paired_differences_use_the_same_baskets(evaluated) -> None:
+    results, _, summary = evaluated
+    paired = summary["paired"]
+    assert paired["subject"] == "CuratorNet"
+    assert "CuratorNet" not in paired["against"]
+    by_name = {r.name: r for r in results}
+    against = paired["against"]["VisRank (max)"]["all"]["AUC"]
+    difference = by_name["CuratorNet"].values("AUC") - by_name["VisRank (max)"].values("AUC")
+    assert against["mean"] == pytest.approx(difference.mean())
+    assert against["low"] <= against["mean"] <= against["high"]
+    # Paired: the interval of a difference with itself is a point, unlike two marginal ones.
+    same = paired_difference(
+        difference, difference, bootstrap_draws(len(difference), np.random.default_rng(0))
+    )
+    assert same == {"mean": 0.0, "low": 0.0, "high": 0.0}
+
+
+def test_every_baskets_metrics_are_kept(evaluated) -> None:
+    results, cases, summary = evaluated
+    per_basket = summary["per_basket"]
+    assert len(per_basket["cases"]) == len(cases)
+    assert per_basket["cases"][0]["candidates"] == len(cases[0].query.candidates)
+    for result in results:
+        assert per_basket["methods"][result.name]["AUC"] == [row["AUC"] for row in result.rows]
+
+
+def test_each_case_keeps_the_sales_of_its_moment() -> None:
+    dataset = _market()
+    train, held_out = split_last_basket(dataset)
+    cases = list(replay(dataset, train, held_out))
+    c = ITEMS.index("c")
+    # Before t=25 only c (twice: t=20 and t=30?) -- at t=25, c was sold once (t=20).
+    assert [int(case.query.sales[c]) for case in cases] == [1, 2, 2]
+
+
+def test_inferred_edition_sizes_come_from_training_purchases_only(tmp_path: Path) -> None:
+    """Without an edition_size column, a work sold twice is an edition of 2, but only when
+    both sales are training data: the held-out sale must not shape the replay's inventory."""
+    (tmp_path / "inventory.csv").write_text(
+        "artwork_id_hash,artist_id_hash,upload_timestamp\n" + "".join(f"{i},x,0\n" for i in ITEMS)
+    )
+    (tmp_path / "purchases.csv").write_text(
+        "user_id_hash,purchase_timestamp,artwork_id_hash\nu1,10,a\nu1,20,b\nu2,15,c\nu2,30,a\n"
+        "u3,5,e\nu3,25,f\n"
+    )
+    np.savez(tmp_path / "features.npz", ids=np.array(ITEMS), features=np.eye(7, dtype=np.float32))
+    dataset = load_dataset(tmp_path)
+    assert dataset.edition_size_inferred
+    assert dataset.edition_size[ITEMS.index("a")] == 2  # from all purchases
+    train, held_out = split_last_basket(dataset)
+    assert train.edition_size[ITEMS.index("a")] == 1  # u2's purchase of a is held out
+    cases = {str(dataset.user_ids[c.query.user]): c for c in replay(dataset, train, held_out)}
+
+    def candidates(user: str) -> list[str]:
+        return sorted(dataset.item_ids[cases[user].query.candidates].tolist())
+
+    # a was sold to u1 at t=10 and is one-of-a-kind as far as training knows: u3 at t=25 no
+    # longer sees it (inferred from all purchases it would still be for sale). b, c and e
+    # were sold too.
+    assert candidates("u3") == ["d", "f", "g"]
+    # ...but a is what u2 bought at t=30, so it is a candidate there (f went at t=25).
+    assert candidates("u2") == ["a", "d", "g"]
+
+
 def test_report_files(evaluated, tmp_path: Path) -> None:
     _, _, summary = evaluated
     write_report(summary, tmp_path, "tiny")
@@ -133,6 +213,7 @@ def test_report_files(evaluated, tmp_path: Path) -> None:
     for name in summary["methods"]:
         assert f"| {name} |" in table
     assert "## Cold start: new users" in table
+    assert "Paired differences on the same baskets: CuratorNet minus each method" in table
     assert json.loads((tmp_path / "results.json").read_text())["baskets"]["all"] > 10
     assert (tmp_path / "recall_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -151,7 +232,9 @@ def test_evaluate_command(tiny_market_dir: Path, tiny_run, tmp_path: Path) -> No
 
     result = evaluate("random,popular,curatornet,ceiling", tmp_path / "report")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| CuratorNet (guidelines) |" in result.stdout
+    assert "| CuratorNet, multi-interest (--model) |" in result.stdout
+    assert "| VisRank (max) |" not in result.stdout  # not asked for
+    assert "CuratorNet, multi-interest (--model) minus each method" in result.stdout
     assert (tmp_path / "report" / "recall_at_k.png").is_file()
     bad = evaluate("oracle", tmp_path / "x")
     assert bad.returncode == 2
