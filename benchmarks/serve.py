@@ -728,7 +728,11 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "load_average_at_start": os.getloadavg(),
         },
-        "settings": {key: value for key, value in vars(args).items() if key != "out"}
+        "settings": {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in vars(args).items()
+            if key != "out"
+        }
         | {"k": K, "batch_items": BATCH_ITEMS, "edition_size": EDITION_SIZE},
         "notes": [
             "Compare figures within one run only: the machine is shared and noisy.",
