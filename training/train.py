@@ -77,6 +77,9 @@ class Batch:
     positive: np.ndarray  # int32 [B], index into ``items``
     negative: np.ndarray  # int32 [B], index into ``items``
 
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.items, self.profile, self.segment, self.positive, self.negative
+
 
 def make_batch(triples: Triples, rows: np.ndarray) -> Batch:
     flat, segment = triples.gather_profiles(rows)
@@ -92,7 +95,8 @@ def make_batch(triples: Triples, rows: np.ndarray) -> Batch:
     )
 
 
-_BATCH_SIGNATURE = [tf.TensorSpec([None], tf.int32) for _ in range(5)]
+# What a compiled step takes: a Batch's five arrays, in field order (Batch.arrays).
+BATCH_SIGNATURE = [tf.TensorSpec([None], tf.int32) for _ in range(5)]
 
 
 class _Steps:
@@ -104,8 +108,8 @@ class _Steps:
         self.l2 = config.l2
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.optimizer.build(model.trainable_variables)
-        self.train = tf.function(self._train, input_signature=_BATCH_SIGNATURE)
-        self.evaluate = tf.function(self._evaluate, input_signature=_BATCH_SIGNATURE)
+        self.train = tf.function(self._train, input_signature=BATCH_SIGNATURE)
+        self.evaluate = tf.function(self._evaluate, input_signature=BATCH_SIGNATURE)
 
     def _score_difference(self, items, profile, segment, positive, negative, training: bool):
         embeddings = self.model.item_tower(tf.gather(self.features, items), training=training)
@@ -131,7 +135,7 @@ class _Steps:
         return tf.reduce_sum(tf.cast(difference > 0, tf.float32))
 
     def run(self, step, batch: Batch):
-        return step(batch.items, batch.profile, batch.segment, batch.positive, batch.negative)
+        return step(*batch.arrays())
 
 
 def pairwise_accuracy(steps: _Steps, triples: Triples, batch_size: int) -> float:

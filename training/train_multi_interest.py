@@ -21,7 +21,7 @@ from training.evaluate import Case
 from training.metrics import auc, positions_of, recall_at
 from training.multi_interest import MASK_FILL, MultiInterestConfig, MultiInterestNet
 from training.sampling import Triples
-from training.train import _BATCH_SIGNATURE, TrainConfig, TrainResult, fit, make_batch
+from training.train import BATCH_SIGNATURE, TrainConfig, TrainResult, fit, make_batch
 
 VALIDATION_METRIC = "replay mean of AUC and R@100"
 EMBED_CHUNK = 8192
@@ -41,7 +41,7 @@ class _Steps:
         self.l2, self.bpr_weight = config.l2, loss.bpr_weight
         self.optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
         self.optimizer.build(model.trainable_variables)
-        self.train = tf.function(self._train, input_signature=_BATCH_SIGNATURE)
+        self.train = tf.function(self._train, input_signature=BATCH_SIGNATURE)
 
     def _train(self, items, profile, segment, positive, negative):
         model = self.model
@@ -110,14 +110,9 @@ def train_multi_interest(
         TrainResult(model, VALIDATION_METRIC),
         model.trainable_variables,
         steps.optimizer,
-        lambda rows: steps.train(*_batch_arrays(triples, rows)),
+        lambda rows: steps.train(*make_batch(triples, rows).arrays()),
         len(triples),
         lambda: replay_score(model, features, validation),
         config,
         progress,
     )
-
-
-def _batch_arrays(triples: Triples, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-    batch = make_batch(triples, rows)
-    return batch.items, batch.profile, batch.segment, batch.positive, batch.negative
