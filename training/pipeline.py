@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 EPOCHS = {"tiny": 8, "quick": 10, "default": 12, "paper": 10}
 MULTI_INTEREST_TRIPLES = {"tiny": 4_000, "quick": 20_000, "default": 50_000, "paper": 50_000}
 MULTI_INTEREST_EPOCHS = {"tiny": 4, "quick": 6, "default": 8, "paper": 8}
-MULTI_INTEREST_TRAINING = {"batch_size": 1024, "learning_rate": 3e-4, "l2": 1e-4}
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,8 @@ class RunConfig:
             train = TrainConfig(
                 epochs=epochs or MULTI_INTEREST_EPOCHS[preset],
                 seed=seed,
-                **MULTI_INTEREST_TRAINING,  # type: ignore[arg-type]
+                batch_size=1024,
+                learning_rate=3e-4,
             )
         if l2 is not None:
             train = replace(train, l2=l2)
@@ -124,6 +124,8 @@ def train_and_export(
         sampling_seconds = time.perf_counter() - started
         fit = triples
         cases = list(replay(train, fitted, held_back))
+        if not cases:
+            log.warning("no customer has two training baskets: the last epoch is kept")
         result = train_multi_interest(
             dataset.features, triples, cases, config.multi_interest, config.train, progress=progress
         )

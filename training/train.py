@@ -230,7 +230,8 @@ def fit(
             learning_rate,
             entry.seconds,
         )
-        if validation > result.best_validation:
+        # Without a validation set (NaN) every epoch counts as the best: the last is kept.
+        if validation > result.best_validation or np.isnan(validation):
             result.best_validation = validation
             result.best_epoch = epoch
             best_weights = [v.numpy() for v in variables]

@@ -248,3 +248,36 @@ def test_an_image_encoder_is_named_by_a_path_relative_to_the_model(tmp_path: Pat
         _named_encoder(encoder, tmp_path / "mine", 2048)
     with pytest.raises(DataError, match=r"missing\.json: not a readable image encoder manifest"):
         _named_encoder(tmp_path / "missing.json", tmp_path / "mine", 1280)
+
+
+@pytest.mark.parametrize(
+    ("scores", "best_epoch", "kept"),
+    [([0.5, 0.7, 0.6], 2, 2.0), ([float("nan")] * 3, 3, 3.0)],
+)
+def test_the_epoch_loop_keeps_the_best_validated_weights(scores, best_epoch, kept) -> None:
+    """The best epoch's weights are restored; without a validation set (NaN), the last."""
+    import keras
+
+    from training.train import TrainConfig, TrainResult, fit
+
+    weight = tf.Variable(0.0)
+    optimizer = keras.optimizers.Adam(0.1)
+    optimizer.build([weight])
+    epochs = iter(scores)
+
+    def step(rows: np.ndarray) -> tuple[float, float]:
+        weight.assign_add(1.0)  # one batch per epoch: the weight counts the epochs
+        return 0.0, 1.0
+
+    result = fit(
+        TrainResult(None, "test metric"),
+        [weight],
+        optimizer,
+        step,
+        10,
+        lambda: next(epochs),
+        TrainConfig(epochs=3, batch_size=10, stop_patience=5),
+        False,
+    )
+    assert result.best_epoch == best_epoch
+    assert float(weight.numpy()) == kept
