@@ -36,13 +36,12 @@ from curatornet.model_format import (
     USER_TOWER_FILE,
     USER_VECTOR,
 )
-from training.model import CuratorNet
+from training.model import MASK_FILL, CuratorNet
 from training.multi_interest import NORM_FLOOR, MultiInterestNet
 
 TrainedModel = CuratorNet | MultiInterestNet
 
 OPSET = 18
-MASK_FILL = 1e9  # padded slots sit this far below every real one before the max pooling
 
 
 class _Graph:
@@ -84,6 +83,14 @@ class _Graph:
             "Sqrt", [self.op("Max", [squared, floor], f"{prefix}_floored")], f"{prefix}_norm"
         )
         return self.op("Div", [x, norm], f"{prefix}_unit")
+
+    def padding_shift(self, mask: str, one: str) -> str:
+        """(mask - 1) · MASK_FILL: 0 on a real history slot, far below any real value on a
+        padded one, so that no pooling ever picks or weighs it. `one` names the constant 1."""
+        shift = self.op("Sub", [mask, self.constant(one, np.array(1.0, np.float32))], "shift")
+        return self.op(
+            "Mul", [shift, self.constant("fill", np.array(MASK_FILL, np.float32))], "fill_pad"
+        )
 
     def last_axis_slice(self, x: str, start: int, end: int, name: str) -> str:
         starts = self.constant(f"{name}_starts", np.array([start], np.int64))
@@ -133,9 +140,7 @@ def user_tower_onnx(model: CuratorNet) -> onnx.ModelProto:
     count = g.op("ReduceSum", [mask, axis1], "count", keepdims=0)
     count = g.op("Max", [count, g.constant("one", np.array(1.0, np.float32))], "count_floor")
     average = g.op("Div", [total, count], "average")
-    shift = g.op("Sub", [mask, g.constant("one_b", np.array(1.0, np.float32))], "shift")
-    shift = g.op("Mul", [shift, g.constant("fill", np.array(MASK_FILL, np.float32))], "fill_pad")
-    shifted = g.op("Add", [masked, shift], "shifted")
+    shifted = g.op("Add", [masked, g.padding_shift(mask, "one_b")], "shifted")
     maximum = g.op("ReduceMax", [shifted, axis1], "maximum", keepdims=0)
     pooled = g.op("Concat", [average, maximum], "pooled", axis=1)
     x = g.dense(pooled, model.weights()["user"], "user_dense")
@@ -183,9 +188,7 @@ def multi_interest_user_tower_onnx(model: MultiInterestNet) -> onnx.ModelProto:
     )
     logits = g.dense(profile, model.weights()["attention"], "attention", "Tanh", last_linear=True)
     mask = g.op("Unsqueeze", [USER_MASK, g.constant("axis_2", np.array([2], np.int64))], "mask3")
-    shift = g.op("Sub", [mask, g.constant("one", np.array(1.0, np.float32))], "shift")
-    shift = g.op("Mul", [shift, g.constant("fill", np.array(MASK_FILL, np.float32))], "fill_pad")
-    logits = g.op("Add", [logits, shift], "masked_logits")  # [B, L, K]
+    logits = g.op("Add", [logits, g.padding_shift(mask, "one")], "masked_logits")  # [B, L, K]
     attention = g.op("Softmax", [logits], "attention_weights", axis=1)
     attention = g.op("Transpose", [attention], "attention_bkl", perm=[0, 2, 1])
     pooled = g.op("MatMul", [attention, profile], "pooled")  # [B, K, style_dim]

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 FEATURE_STD_FLOOR = 1e-6
+MASK_FILL = 1e9  # padded history slots sit this far below every real one before a pooling
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class CuratorNet:
         mask = tf.convert_to_tensor(mask, tf.float32)[:, :, None]
         count = tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
         average = tf.reduce_sum(history * mask, axis=1) / count
-        maximum = tf.reduce_max(history * mask + (mask - 1.0) * 1e9, axis=1)
+        maximum = tf.reduce_max(history * mask + (mask - 1.0) * MASK_FILL, axis=1)
         pooled = tf.concat([average, maximum], axis=1)
         return np.asarray(self.user_tower(pooled, training=False))
 

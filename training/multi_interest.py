@@ -36,8 +36,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from training.model import MASK_FILL
+
 NORM_FLOOR = 1e-12  # squared norm below which a vector is left (nearly) zero, not divided
-MASK_FILL = 1e9  # padded history slots sit this far below every real one before the softmax
 PROJECTION_SAMPLE = 5_000  # works the principal directions are computed from
 
 

@@ -17,9 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.evaluate import Case
-from training.metrics import auc, positions_of, recall_at
-from training.multi_interest import MASK_FILL, MultiInterestConfig, MultiInterestNet
+from training.evaluate import Case, case_metrics
+from training.metrics import positions_of
+from training.model import MASK_FILL
+from training.multi_interest import MultiInterestConfig, MultiInterestNet
 from training.sampling import Triples
 from training.train import BATCH_SIGNATURE, TrainConfig, TrainResult, fit, make_batch
 
@@ -81,15 +82,14 @@ def replay_score(
             for s in range(0, len(features), EMBED_CHUNK)
         ]
     )
-    aucs, recalls = [], []
+    rows = []
     for n, case in enumerate(cases):
         history = embeddings[case.query.profile[-history_limit:]][None]
         interests = model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
         scores = (embeddings[case.query.candidates] @ interests.T).max(axis=1)
         positions = positions_of(scores, case.relevant, np.random.default_rng(n))
-        aucs.append(auc(positions, len(case.query.candidates)))
-        recalls.append(recall_at(positions, 100))
-    return float((np.mean(aucs) + np.mean(recalls)) / 2)
+        rows.append(case_metrics(positions, len(case.query.candidates)))
+    return float(np.mean([(row["AUC"] + row["R@100"]) / 2 for row in rows]))
 
 
 def train_multi_interest(
