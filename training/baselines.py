@@ -8,11 +8,14 @@ CuratorNet is scored through its exported ONNX files, opened by the loader the s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.neural_network import MLPRegressor
 
 from curatornet.dataset import Dataset
 from curatornet.model_loader import LoadedModel, load_model
@@ -131,6 +134,67 @@ class Ceiling:
 
     def score(self, query: Query) -> np.ndarray:
         return self.truth.utility(np.array([query.user]), query.candidates)[0]
+
+
+@dataclass(frozen=True)
+class StyleReadingConfig:
+    """The regressor that reads a work's hidden style from its features."""
+
+    components: int = 256  # principal components of the unit feature vectors it sees
+    hidden: int = 256
+    l2: float = 1e-3
+    folds: int = 5
+    seed: int = 0
+
+
+class FeatureCeiling:
+    """The ceiling with each work's style as well as its features show it.
+
+    Everything hidden stays known (customers' tastes, appeal, loyalty, editions) except the
+    style, which a supervised regressor (an MLP on the features' principal components) reads
+    from the features, trained on the true styles of other works: k-fold cross-fitting, so
+    no work's own style is ever seen. No recommender can have this much (it learns from
+    purchases, not from the hidden styles), so the gap from here to the ceiling is what the
+    features cannot tell any method, and the gap from a method to here is what the method
+    fails to learn. `r2` is the share of style variance the features explain.
+    """
+
+    name = "Ceiling (style read from features)"
+
+    def __init__(self, truth: MarketTruth, config: StyleReadingConfig | None = None) -> None:
+        self.truth = truth
+        self.config = config or StyleReadingConfig()
+        self.read: MarketTruth | None = None
+        self.r2 = float("nan")
+
+    def fit(self, train: Dataset) -> None:
+        c = self.config
+        style = np.asarray(self.truth.item_style, np.float64)
+        # Unit rows, as every visual method here sees them; the principal components are
+        # fitted on all works' features (no styles involved, so nothing leaks) and keep their
+        # relative variances, which the regressor reads better than whitened ones.
+        unit = train.features / np.maximum(
+            np.linalg.norm(train.features, axis=1, keepdims=True), 1e-12
+        )
+        components = min(c.components, *unit.shape)
+        projected = PCA(components, random_state=c.seed).fit_transform(unit)
+        projected /= max(float(projected[:, 0].std()), 1e-12)
+        reader = MLPRegressor(
+            hidden_layer_sizes=(c.hidden,),
+            alpha=c.l2,
+            early_stopping=True,
+            max_iter=200,
+            random_state=c.seed,
+        )
+        folds = KFold(c.folds, shuffle=True, random_state=c.seed)
+        read = cross_val_predict(reader, projected, style, cv=folds)
+        self.r2 = float(1 - ((read - style) ** 2).sum() / ((style - style.mean(0)) ** 2).sum())
+        log.info("%s: the features explain %.3f of the style variance", self.name, self.r2)
+        self.read = replace(self.truth, item_style=read.astype(np.float32))
+
+    def score(self, query: Query) -> np.ndarray:
+        assert self.read is not None
+        return self.read.utility(np.array([query.user]), query.candidates)[0]
 
 
 @dataclass(frozen=True)

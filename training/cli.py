@@ -137,7 +137,9 @@ METHODS = (
     "curatornet-paper",
     "curatornet-random",
     "ceiling",
+    "ceiling-features",
 )
+ORACLES = ("ceiling", "ceiling-features")  # need the synthetic market's hidden tastes
 
 
 def _companion_model(
@@ -177,13 +179,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     if unknown:
         print(f"error: unknown method(s) {unknown}; choose from {list(METHODS)}", file=sys.stderr)
         return 2
-    has_truth = (args.data / TASTES_FILE).is_file()
-    if "ceiling" in keys and not has_truth:
+    oracles = [key for key in keys if key in ORACLES]
+    if oracles and not (args.data / TASTES_FILE).is_file():
         if args.methods != "all":
-            print(f"error: the ceiling needs {args.data / TASTES_FILE}", file=sys.stderr)
+            print(f"error: {', '.join(oracles)} need {args.data / TASTES_FILE}", file=sys.stderr)
             return 2
-        keys.remove("ceiling")
+        keys = [key for key in keys if key not in ORACLES]
     dataset = _load(args)
+    truth = load_truth(args.data, dataset) if set(keys) & set(ORACLES) else None
     train, held_out = split_last_basket(dataset)
     main_manifest = json.loads((args.model / MANIFEST_FILE).read_text())
     methods: list[baselines.Method] = []
@@ -220,8 +223,13 @@ def _evaluate(args: argparse.Namespace) -> int:
             methods.append(
                 baselines.CuratorNetOnnx(directory, "CuratorNet, paper (uniform negatives)")
             )
-        elif key == "ceiling":
-            methods.append(baselines.Ceiling(load_truth(args.data, dataset)))
+        elif key in ORACLES:
+            assert truth is not None  # loaded above whenever an oracle is asked for
+            if key == "ceiling":
+                methods.append(baselines.Ceiling(truth))
+            else:
+                reading = baselines.StyleReadingConfig(seed=args.seed)
+                methods.append(baselines.FeatureCeiling(truth, reading))
     results, cases = evaluate_methods(dataset, train, held_out, methods, seed=args.seed)
     summary = summarise(
         results,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,37 @@ def test_ceiling_beats_every_method_on_a_market_with_strong_signal(evaluated) ->
     assert auc["CuratorNet"] > auc["Random"]
 
 
+def test_feature_ceiling_reads_the_style_the_features_show(tiny_market_dir: Path) -> None:
+    """Features that render the style (the vector market's) let the reader recover it, and
+    the scores follow the true ceiling's; features of pure noise tell nothing, and the scores
+    fall back to what is known besides the style (appeal, loyalty, editions)."""
+    dataset = load_dataset(tiny_market_dir)
+    truth = load_truth(tiny_market_dir, dataset)
+    reading = baselines.StyleReadingConfig(components=32, hidden=64, folds=3)
+    everything = np.arange(dataset.n_items)
+    query = baselines.Query(
+        user=0, time=0, profile=everything[:0], candidates=everything, sales=everything * 0
+    )
+
+    def scores_of(method: baselines.Method, data: Dataset) -> np.ndarray:
+        method.fit(data)
+        return method.score(query)
+
+    truthful = scores_of(baselines.Ceiling(truth), dataset)
+    from_vectors = baselines.FeatureCeiling(truth, reading)
+    read = scores_of(from_vectors, dataset)
+    assert from_vectors.r2 > 0.8
+    assert np.corrcoef(read, truthful)[0, 1] > 0.9
+
+    noise = np.random.default_rng(0).random(dataset.features.shape).astype(np.float32)
+    from_noise = baselines.FeatureCeiling(truth, reading)
+    blind = scores_of(from_noise, replace(dataset, features=noise))
+    assert from_noise.r2 < 0.05
+    styleless = replace(truth, item_style=np.zeros_like(truth.item_style))
+    assert np.corrcoef(blind, scores_of(baselines.Ceiling(styleless), dataset))[0, 1] > 0.8
+    assert np.corrcoef(blind, truthful)[0, 1] < 0.5
+
+
 def test_intervals_do_not_depend_on_which_methods_ran(evaluated) -> None:
     """One set of resamples per run, shared by every method; ties broken per basket."""
     results, cases, summary = evaluated
@@ -230,8 +262,9 @@ def test_evaluate_command(tiny_market_dir: Path, tiny_run, tmp_path: Path) -> No
             check=False,
         )
 
-    result = evaluate("random,popular,curatornet,ceiling", tmp_path / "report")
+    result = evaluate("random,popular,curatornet,ceiling,ceiling-features", tmp_path / "report")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "| Ceiling (style read from features) |" in result.stdout
     assert "| CuratorNet, multi-interest (--model) |" in result.stdout
     assert "| VisRank (max) |" not in result.stdout  # not asked for
     assert "CuratorNet, multi-interest (--model) minus each method" in result.stdout
