@@ -8,10 +8,12 @@ processes serving the same store.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import faiss
 from fastapi import FastAPI, Request
@@ -27,7 +29,7 @@ from service.observability import BodyLimitMiddleware, MetricsMiddleware, Servic
 from service.recommender import Recommender
 from service.rollout import ModelRollouts
 from service.stores import open_store
-from service.stores.base import NotForSaleError, UnknownItemsError
+from service.stores.base import ItemsRefused
 
 log = logging.getLogger("service")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -52,6 +54,23 @@ def _follow(
             if reachable:
                 log.exception("cannot follow the store's changes; retrying every tick")
             reachable = False
+
+
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: text that echoes a request (an error's
+    location can name a body's key) stays encodable even with a lone surrogate in it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _echo(value: Any) -> Any:
+    """An invalid input as a 422 shows it: itself when short, plain JSON; else a note."""
+    try:
+        text = json.dumps(jsonable_encoder(value), allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return "(not JSON)"
+    return value if len(text) <= 200 else "(elided)"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -116,23 +135,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (module.router for module in routers):
         app.include_router(router)
 
-    @app.exception_handler(UnknownItemsError)
-    async def unknown_items(request: Request, error: UnknownItemsError) -> JSONResponse:
-        return JSONResponse({"detail": str(error), "item_ids": error.item_ids}, status_code=404)
-
-    @app.exception_handler(NotForSaleError)
-    async def not_for_sale(request: Request, error: NotForSaleError) -> JSONResponse:
-        return JSONResponse({"detail": str(error), "item_ids": error.item_ids}, status_code=409)
+    @app.exception_handler(ItemsRefused)
+    async def items_refused(request: Request, error: ItemsRefused) -> JSONResponse:
+        return AsciiJSONResponse(
+            {"detail": str(error), "item_ids": error.item_ids}, status_code=error.status
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422, without echoing large inputs back (a 50 MB body must not return
-        a 50 MB error)."""
-        errors = [
-            {**e, "input": e.get("input") if len(repr(e.get("input"))) <= 200 else "(elided)"}
-            for e in error.errors()
-        ]
-        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+        """FastAPI's 422, echoing only short, plain JSON inputs (a 50 MB body must not return
+        a 50 MB error; NaN, 1e400 and lone surrogates, which Python's parser accepts, must
+        not make the error itself fail)."""
+        errors = [{**e, "input": _echo(e.get("input"))} for e in error.errors()]
+        return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     app.add_middleware(
         BodyLimitMiddleware,

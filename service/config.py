@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(4096, ge=64, description="JSON size of one item's metadata")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="one uploaded image")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="decompression-bomb guard")
+    max_feature_magnitude: float = Field(
+        1000.0,
+        gt=0,
+        description="largest |value| of an uploaded feature vector: far beyond what image "
+        "encoders give (EfficientNet-lite0: 0 to 6), short of what overflows a model",
+    )
     max_k: int = Field(500, ge=1, description="largest k a request may ask for")
     sync_interval_s: float = Field(
         0.2, gt=0, le=5, description="how often other processes' changes are applied"

@@ -3,6 +3,7 @@ similar ones. Uploads are checked, embedded and stored by `service.ingest`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -12,7 +13,16 @@ from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, UploadFil
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Json,
+    StrictFloat,
+    Tag,
+    model_validator,
+)
 
 from service.api.deps import (
     CatalogueDep,
@@ -29,6 +39,10 @@ from service.ingest import Upload, UploadRefused, ingest
 router = APIRouter(tags=["items"])
 
 
+# Levels of objects and arrays one item's metadata may nest.
+MAX_METADATA_DEPTH = 8
+
+
 class ItemMetadata(BaseModel):
     """Free description for the storefront; known fields are checked, others pass through."""
 
@@ -39,6 +53,39 @@ class ItemMetadata(BaseModel):
     image_url: str | None = Field(None, max_length=2048)
     tags: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
 
+    @model_validator(mode="after")
+    def storable(self) -> ItemMetadata:
+        """Refuse what would be stored but could not be shown again: nesting deeper than
+        MAX_METADATA_DEPTH (every reader parses it recursively, and a few hundred levels
+        exhaust Python's stack), text with lone surrogates (not UTF-8) and NaN or infinity
+        (not JSON: Python's parser takes them, no response can carry them)."""
+        level, values = 1, list((self.model_extra or {}).values())
+        while values:
+            if level > MAX_METADATA_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+            values = [
+                inner
+                for value in values
+                if isinstance(value, dict | list)
+                for inner in (value.values() if isinstance(value, dict) else value)
+            ]
+            level += 1
+        try:
+            text = json.dumps(self.model_dump(), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise ValueError("NaN and infinity are not JSON numbers") from None
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a lone surrogate (U+D800 to U+DFFF) is not Unicode text") from None
+        return self
+
+
+# The largest edition (and so stock) a work may have: far beyond any real edition, and small
+# enough for every store to hold exactly (SQLite's int64; Lua's doubles, which wrote 1e17 as
+# "1e+17", a stock no reader could parse).
+MAX_EDITION = 1_000_000
+
 
 class ItemFields(BaseModel):
     """What every upload says about the artwork besides its features."""
@@ -48,13 +95,18 @@ class ItemFields(BaseModel):
     id: Identifier
     artist_id: Identifier
     edition_size: int | None = Field(
-        None, ge=1, description="prints in the edition; leave out for a one-of-a-kind work"
+        None,
+        ge=1,
+        le=MAX_EDITION,
+        description="prints in the edition; leave out for a one-of-a-kind work",
     )
     stock: int | None = Field(
         None,
         ge=0,
+        le=MAX_EDITION,
         description="units for sale now (default: the edition size, 1 for one-of-a-kind; "
-        "when replacing a work, what it has left)",
+        "when replacing a work, what it has left); never more than the edition has left "
+        "unsold (409)",
     )
 
     @model_validator(mode="after")
@@ -67,8 +119,8 @@ class ItemFields(BaseModel):
 
 
 class ItemIn(ItemFields):
-    features: list[float] | None = Field(
-        None, description="the model's feature vector (GET /model: feature_dim floats)"
+    features: list[StrictFloat] | None = Field(
+        None, description="the model's feature vector (GET /model: feature_dim numbers)"
     )
     features_b64: str | None = Field(
         None,

@@ -27,7 +27,9 @@ class HistoryOut(BaseModel):
 def user_history(
     user_id: str,
     store: StoreDep,
-    limit: Annotated[int | None, Query(ge=1, description="only the latest purchases")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=1_000_000, description="only the latest purchases")
+    ] = None,
 ) -> HistoryOut:
     history = store.history(user_id, limit)
     if not history:

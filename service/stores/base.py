@@ -18,16 +18,31 @@ class StoreError(Exception):
     """A request the store refused; nothing was written."""
 
 
-class UnknownItemsError(StoreError):
+class ItemsRefused(StoreError):
+    """Refused because of these items; `status` is the HTTP answer that deserves."""
+
+    status = 409
+    reason = ""
+
     def __init__(self, item_ids: list[str]) -> None:
-        super().__init__(f"unknown item id(s): {item_ids}")
+        super().__init__(f"{self.reason}: {item_ids}")
         self.item_ids = item_ids
 
 
-class NotForSaleError(StoreError):
-    def __init__(self, item_ids: list[str]) -> None:
-        super().__init__(f"not for sale (sold out): {item_ids}")
-        self.item_ids = item_ids
+class UnknownItemsError(ItemsRefused):
+    status = 404
+    reason = "unknown item id(s)"
+
+
+class NotForSaleError(ItemsRefused):
+    reason = "not for sale (sold out)"
+
+
+class EditionExhaustedError(ItemsRefused):
+    """An upload's stock beyond what the edition has left unsold: a sold one-of-a-kind work
+    re-posted with stock 1 would be sold twice."""
+
+    reason = "stock is more than the edition has left unsold"
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,11 @@ class Store(Protocol):
     """
 
     def upsert_items(self, items: list[NewItem]) -> UpsertResult:
-        """Insert or replace a batch, all or nothing. A replaced item keeps its key and sales."""
+        """Insert or replace a batch, all or nothing. A replaced item keeps its key and sales.
+
+        Raises EditionExhaustedError when an item's given stock is more than its edition
+        (1 for one-of-a-kind) less the units already sold.
+        """
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         """The stored items among `item_ids` (unknown ids are simply absent)."""

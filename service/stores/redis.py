@@ -23,6 +23,7 @@ import redis
 from service.stores.base import (
     Catalogue,
     Counts,
+    EditionExhaustedError,
     IndexRecord,
     Item,
     NewItem,
@@ -93,11 +94,25 @@ end
 """
 
 # ARGV: prefix, now, then id, artist_id, features, embedding, edition_size, stock, metadata,
-# model_version per item. Returns {key, created (0 or 1)} per item.
+# model_version per item. Returns {'exhausted', ids} having written nothing when a given stock
+# is more than the edition has left unsold, else {'ok', {key, created (0 or 1)} per item}.
 UPSERT = (
     COMMON
     + """
 local now = ARGV[2]
+local exhausted = {}
+for i = 3, #ARGV, 8 do
+  local id, edition, stock = ARGV[i], ARGV[i + 4], ARGV[i + 5]
+  if stock ~= '' then
+    local sold = tonumber(redis.call('HGET', item_key(id), 'sold') or '0')
+    if tonumber(stock) > (tonumber(edition) or 1) - sold then
+      table.insert(exhausted, id)
+    end
+  end
+end
+if #exhausted > 0 then
+  return {'exhausted', exhausted}
+end
 local result = {}
 for i = 3, #ARGV, 8 do
   local id, artist, features, embedding, edition, stock, metadata, version = unpack(ARGV, i, i + 7)
@@ -119,6 +134,7 @@ for i = 3, #ARGV, 8 do
       local left = units - tonumber(redis.call('HGET', item, 'sold'))
       stock = math.min(tonumber(redis.call('HGET', item, 'stock')), math.max(left, 0))
     end
+    stock = string.format('%d', stock)  -- as digits: Lua would write 1e+17 for a large one
   end
   redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
     'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
@@ -128,7 +144,7 @@ for i = 3, #ARGV, 8 do
   log_change(key)
   table.insert(result, {tonumber(key), created})
 end
-return result
+return {'ok', result}
 """
 )
 
@@ -241,6 +257,16 @@ def _chunks(values: list, size: int = CHUNK) -> Iterator[list]:
         yield values[start : start + size]
 
 
+def _count(raw: bytes | None) -> int:
+    """A stored count (stock, sold, an edition's size). Scripts write digits, but a store
+    written before they did can hold what Lua made of a large number ("1e+17"): it is read,
+    not left to fail every reader of the item and every change follower."""
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return int(float(raw or 0))
+
+
 def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
     edition = fields[b"edition_size"]
     return Item(
@@ -249,9 +275,9 @@ def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
         artist_id=fields[b"artist_id"].decode(),
         features=as_vector(fields[b"features"]),
         embedding=as_vector(fields[b"embedding"]),
-        edition_size=int(edition) if edition else None,
-        stock=int(fields[b"stock"]),
-        sold=int(fields[b"sold"]),
+        edition_size=_count(edition) if edition else None,
+        stock=_count(fields[b"stock"]),
+        sold=_count(fields[b"sold"]),
         metadata=json.loads(fields[b"metadata"]),
         created_at=float(fields[b"created_at"]),
         updated_at=float(fields[b"updated_at"]),
@@ -260,7 +286,7 @@ def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
 
 
 def _for_sale(stock: bytes | None, deleted: bytes | None) -> bool:
-    return deleted == b"0" and int(stock or 0) > 0
+    return deleted == b"0" and _count(stock) > 0
 
 
 def _ids_from_members(members: list[bytes]) -> list[str]:
@@ -291,10 +317,13 @@ class RedisStore(Store):
                 json.dumps(item.metadata),
                 item.model_version,
             ]
+        status, result = self._upsert(args=args)
+        if status == b"exhausted":
+            raise EditionExhaustedError([i.decode() for i in result])
         created: list[str] = []
         updated: list[str] = []
         keys: list[int] = []
-        for item, (key, is_new) in zip(items, self._upsert(args=args), strict=True):
+        for item, (key, is_new) in zip(items, result, strict=True):
             (created if is_new else updated).append(item.id)
             keys.append(key)
         return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)

@@ -21,6 +21,7 @@ import numpy as np
 from service.stores.base import (
     Catalogue,
     Counts,
+    EditionExhaustedError,
     IndexRecord,
     Item,
     NewItem,
@@ -152,6 +153,11 @@ class SQLiteStore(Store):
         now = time.time()
         created, updated, keys = [], [], []
         with self._write() as db:
+            exhausted = [
+                i.id for i in items if i.stock is not None and self._unsold(db, i) < i.stock
+            ]
+            if exhausted:
+                raise EditionExhaustedError(exhausted)
             for item in items:
                 values = (
                     item.artist_id,
@@ -185,6 +191,12 @@ class SQLiteStore(Store):
                 keys.append(row[0])
             db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in keys])
         return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
+
+    @staticmethod
+    def _unsold(db: sqlite3.Connection, item: NewItem) -> int:
+        """What `item`'s edition (1 for one-of-a-kind) leaves after the units already sold."""
+        row = db.execute("SELECT sold FROM items WHERE id = ?", (item.id,)).fetchone()
+        return (item.edition_size or 1) - (row[0] if row else 0)
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         condition = "1" if include_deleted else "deleted = 0"

@@ -28,7 +28,7 @@ def market(tiny_market_dir: Path) -> Dataset:
 
 @contextmanager
 def running(store_url: str, **settings) -> Iterator[TestClient]:
-    app = create_app(Settings(model_dir=FEATURES_MODEL, store_url=store_url, **settings))
+    app = create_app(Settings(**{"model_dir": FEATURES_MODEL, "store_url": store_url, **settings}))
     with TestClient(app) as client:
         yield client
 
