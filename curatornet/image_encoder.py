@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from curatornet.model_format import ENCODER_FEATURES, ENCODER_IMAGES, ModelError
+from curatornet.model_format import ENCODER_FEATURES, ENCODER_IMAGES, ModelError, contained
 from curatornet.onnx_sessions import open_session
 
 # How much longer one side of a picture may be than the other. Resizing keeps the aspect
@@ -82,7 +82,7 @@ def load_image_encoder(manifest_path: Path | str, threads: int | None = None) ->
     manifest_path = Path(manifest_path)
     try:
         manifest = json.loads(manifest_path.read_text())
-        path = manifest_path.parent / manifest["file"]
+        path = contained(manifest_path.parent, manifest["file"])
         steps = Preprocessing(
             resize=int(manifest["resize"]),
             crop=int(manifest["input_size"]),

@@ -19,6 +19,10 @@ class Settings(BaseSettings):
         "sqlite:///data/curatornet.db",
         description="sqlite:///path.db (embedded) or redis://host:port/db",
     )
+    models_root: Path = Field(
+        Path("models"),
+        description="POST /admin/model rolls out only model directories inside this one",
+    )
     encoders_dir: Path = Field(
         Path("models/encoders"),
         description="image encoders, found by name when not where a model's manifest says",

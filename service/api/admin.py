@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from curatornet.model_format import ModelError
-from service.api.deps import AdminAccess, RolloutsDep
+from service.api.deps import AdminAccess, RolloutsDep, SettingsDep
 from service.indexing import FeatureDimensionMismatch
 
 router = APIRouter(tags=["admin"])
@@ -34,11 +34,20 @@ class RolloutOut(BaseModel):
 
 
 @router.post("/admin/model", response_model=RolloutOut, dependencies=[AdminAccess])
-async def roll_out_model(request: RolloutIn, rollouts: RolloutsDep) -> RolloutOut:
+async def roll_out_model(
+    request: RolloutIn, rollouts: RolloutsDep, settings: SettingsDep
+) -> RolloutOut:
     """Re-embed the catalogue with the new model, build its index and swap it in; requests are
-    answered by the old model until the swap. Other replicas follow within a sync interval."""
+    answered by the old model until the swap. Other replicas follow within a sync interval.
+    Only a directory inside the models root (CURATORNET_MODELS_ROOT) is taken: a key that
+    leaked must not make the service read any directory on the machine."""
+    model_dir = Path(request.model_dir)
+    if not model_dir.resolve().is_relative_to(settings.models_root.resolve()):
+        raise HTTPException(
+            422, f"cannot load that model: it lies outside the models root {settings.models_root}"
+        )
     try:
-        rollout = await run_in_threadpool(rollouts.roll_out, Path(request.model_dir))
+        rollout = await run_in_threadpool(rollouts.roll_out, model_dir)
     except ModelError as error:
         raise HTTPException(422, f"cannot load that model: {error}") from None
     except FeatureDimensionMismatch as error:

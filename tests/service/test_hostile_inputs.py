@@ -215,3 +215,14 @@ def test_history_limits_beyond_int64_are_refused(client: TestClient, limit: str)
     response = client.get("/users/u/history", params={"limit": limit})
     assert response.status_code == 422, response.text
     assert client.get("/users/u/history", params={"limit": 1_000_000}).status_code == 200
+
+
+# --- metrics labels (7) ------------------------------------------------------------------
+
+
+def test_made_up_methods_share_one_metrics_label(client: TestClient) -> None:
+    for n in range(30):
+        assert client.request(f"Q{n}", "/items/x").status_code == 405
+    metrics = client.get("/metrics").text
+    assert "Q0" not in metrics
+    assert 'method="other",route="/items/{item_id}",status="405"} 30.0' in metrics
