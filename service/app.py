@@ -28,7 +28,7 @@ from service.indexing import CatalogueIndex
 from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.recommender import Recommender
 from service.rollout import ModelRollouts
-from service.stores import open_store
+from service.stores import UNAVAILABLE, open_store
 from service.stores.base import ItemsRefused
 
 log = logging.getLogger("service")
@@ -140,6 +140,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return AsciiJSONResponse(
             {"detail": str(error), "item_ids": error.item_ids}, status_code=error.status
         )
+
+    async def unavailable(request: Request, error: Exception) -> JSONResponse:
+        log.warning("the store cannot answer %s %s: %s", request.method, request.url.path, error)
+        detail = f"the store cannot answer now ({type(error).__name__}); retry shortly"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+
+    for error_class in UNAVAILABLE:
+        app.add_exception_handler(error_class, unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:

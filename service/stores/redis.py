@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.stores.base import (
     Catalogue,
@@ -296,7 +298,12 @@ def _ids_from_members(members: list[bytes]) -> list[str]:
 class RedisStore(Store):
     def __init__(self, url: str) -> None:
         # Bytes in and out: embeddings are raw float32, so strings are decoded here instead.
-        self._redis = redis.Redis.from_url(url, decode_responses=False)
+        # No retries: redis-py would resend a command whose connection broke, and a purchase
+        # script may have been applied before it broke. A failure is the caller's 503 instead,
+        # and a client retries a purchase with its Idempotency-Key.
+        self._redis = redis.Redis.from_url(
+            url, decode_responses=False, retry=Retry(NoBackoff(), 0), socket_timeout=5
+        )
         self._upsert = self._redis.register_script(UPSERT)
         self._delete = self._redis.register_script(DELETE)
         self._purchase = self._redis.register_script(PURCHASE)
