@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, HTTPException, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import CatalogueDep, WriteAccess
 from service.api.schemas import Identifier
+from service.stores.base import IdempotencyKeyReused
 
 router = APIRouter(tags=["purchases"])
 
@@ -43,9 +45,31 @@ class PurchaseOut(BaseModel):
 
 
 @router.post("/purchases", status_code=201, response_model=PurchaseOut, dependencies=[WriteAccess])
-def record_purchase(purchase: PurchaseIn, catalogue: CatalogueDep) -> PurchaseOut:
+def record_purchase(
+    purchase: PurchaseIn,
+    catalogue: CatalogueDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            pattern=r"^[!-~]+$",
+            description="any unique string (a UUID): a retry with the same key within a day "
+            "is answered with the purchase it recorded, never a second one",
+        ),
+    ] = None,
+) -> PurchaseOut:
     seconds = purchase.timestamp.timestamp() if purchase.timestamp else time.time()
-    sale = catalogue.record_purchase(purchase.user_id, purchase.item_ids, seconds)
+    try:
+        sale = catalogue.record_purchase(
+            purchase.user_id, purchase.item_ids, seconds, idempotency_key
+        )
+    except IdempotencyKeyReused as error:
+        raise HTTPException(422, str(error)) from None
+    if sale.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return PurchaseOut(
         user_id=sale.user_id,
         item_ids=sale.item_ids,

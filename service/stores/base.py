@@ -8,6 +8,7 @@ can bring its own index up to date by following that log.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -112,13 +113,47 @@ class Purchase:
 
 @dataclass(frozen=True)
 class Sale:
-    """What a recorded purchase changed: the keys of items whose stock reached zero."""
+    """What a recorded purchase changed: the keys of items whose stock reached zero.
+    `replayed`: an earlier request with the same idempotency key recorded it."""
 
     user_id: str
     item_ids: list[str]
     timestamp: float
     sold_out: list[str]
     sold_out_keys: list[int]
+    replayed: bool = False
+
+    def remembered(self) -> str:
+        """The sale as its idempotency key keeps it, for `replay`."""
+        fields = ("user_id", "item_ids", "timestamp", "sold_out", "sold_out_keys")
+        return json.dumps({name: getattr(self, name) for name in fields})
+
+
+# How long a purchase's idempotency key is remembered: a client retrying a purchase whose
+# answer it never saw (a timeout, a 503) within a day gets that purchase, not a second one.
+IDEMPOTENCY_SECONDS = 24 * 3600
+
+
+class IdempotencyKeyReused(StoreError):
+    """The idempotency key of an earlier purchase, sent with another user or other items."""
+
+
+def replay(remembered: str, user_id: str, item_ids: list[str]) -> Sale:
+    """The purchase an idempotency key recorded, when this request repeats it."""
+    sale = json.loads(remembered)
+    if sale["user_id"] != user_id or sale["item_ids"] != list(item_ids):
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used within the last day for another purchase "
+            f"({sale['user_id']!r} buying {sale['item_ids']})"
+        )
+    return Sale(
+        sale["user_id"],
+        sale["item_ids"],
+        float(sale["timestamp"]),
+        list(sale["sold_out"] or []),  # Lua's cjson writes an empty list as {}
+        list(sale["sold_out_keys"] or []),
+        replayed=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -186,11 +221,19 @@ class Store(Protocol):
     def delete_item(self, item_id: str) -> Item | None:
         """Take an item off the catalogue; it stays in histories. None when unknown."""
 
-    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+    def record_purchase(
+        self,
+        user_id: str,
+        item_ids: list[str],
+        timestamp: float,
+        idempotency_key: str | None = None,
+    ) -> Sale:
         """Append to the user's history and take stock, all or nothing.
 
         Raises UnknownItemsError for unknown or deleted ids and NotForSaleError when any
-        item (counting repeats in `item_ids` as units) has too little stock left.
+        item (counting repeats in `item_ids` as units) has too little stock left. With an
+        `idempotency_key` recorded in the last IDEMPOTENCY_SECONDS, nothing is written: the
+        sale it recorded comes back (`replay`), or IdempotencyKeyReused when it differs.
         """
 
     def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:

@@ -7,7 +7,8 @@ script back. The change log is a stream whose entry ids are the cursor other pro
 Layout, under PREFIX: `item:{id}` hashes; `keys` (index key -> id) and `key_counter`; `live`
 (ids not deleted); `newest` and `best_sellers`, sorted sets of the items for sale (scored by
 created_at and by units sold); `history:{user}` sorted sets scored by timestamp; `users`;
-`purchase_count`; the `changes` stream.
+`purchase_count`; the `changes` stream; `purchase_key:{key}`, a purchase's idempotency key
+(expiring after a day).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from service.stores.base import (
+    IDEMPOTENCY_SECONDS,
     Catalogue,
     Counts,
     EditionExhaustedError,
@@ -37,6 +39,7 @@ from service.stores.base import (
     UpsertResult,
     as_blob,
     as_vector,
+    replay,
 )
 
 PREFIX = "curatornet:"
@@ -184,14 +187,25 @@ return redis.call('HGETALL', item)
 """
 )
 
-# ARGV: prefix, user_id, timestamp, then the item ids (repeats are units). Returns
-# {'unknown', ids} or {'short', ids} having written nothing, or {'ok', sold_out, sold_out_keys}.
+# ARGV: prefix, user_id, timestamp, idempotency key ('' for none), seconds to remember it,
+# the sale as a JSON object but for what the script finds out (sold_out, sold_out_keys), then
+# the item ids (repeats are units). Returns
+# {'replay', remembered sale} or {'unknown', ids} or {'short', ids} having written nothing,
+# or {'ok', sold_out, sold_out_keys}.
 PURCHASE = (
     COMMON
     + """
-local user, timestamp = ARGV[2], ARGV[3]
+local user, timestamp, request_key = ARGV[2], ARGV[3], ARGV[4]
+local remembered = prefix .. 'purchase_key:' .. request_key
+if request_key ~= '' then
+  local sale = redis.call('GET', remembered)
+  if sale then
+    return {'replay', sale}
+  end
+end
+local first = 7
 local order, units = {}, {}
-for i = 4, #ARGV do
+for i = first, #ARGV do
   local id = ARGV[i]
   if not units[id] then
     table.insert(order, id)
@@ -232,10 +246,10 @@ for _, id in ipairs(order) do
     table.insert(sold_out_keys, found[id].key)
   end
 end
-local count = #ARGV - 3
+local count = #ARGV - first + 1
 if count > 0 then
   local seq = redis.call('INCRBY', prefix .. 'purchase_count', count) - count
-  for i = 4, #ARGV do
+  for i = first, #ARGV do
     seq = seq + 1
     redis.call('ZADD', prefix .. 'history:' .. user, timestamp,
       string.format('%020d:', seq) .. ARGV[i])
@@ -244,6 +258,12 @@ if count > 0 then
 end
 for _, key in ipairs(sold_out_keys) do
   log_change(key)
+end
+if request_key ~= '' then
+  -- spliced, not decoded: cjson would round the timestamp to 14 digits
+  local sale = string.sub(ARGV[6], 1, -2) .. ', "sold_out": ' .. cjson.encode(sold_out)
+    .. ', "sold_out_keys": ' .. cjson.encode(sold_out_keys) .. '}'
+  redis.call('SET', remembered, sale, 'EX', ARGV[5])
 end
 return {'ok', sold_out, sold_out_keys}
 """
@@ -425,11 +445,30 @@ class RedisStore(Store):
             return None
         return _hash_to_item(dict(zip(fields[::2], fields[1::2], strict=True)))
 
-    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+    def record_purchase(
+        self,
+        user_id: str,
+        item_ids: list[str],
+        timestamp: float,
+        idempotency_key: str | None = None,
+    ) -> Sale:
         # Redis refuses a NaN score, which the script would only learn after taking stock.
         if math.isnan(timestamp):
             raise ValueError("a purchase timestamp cannot be NaN")
-        status, *result = self._purchase(args=[PREFIX, user_id, float(timestamp), *item_ids])
+        asked = {"user_id": user_id, "item_ids": list(item_ids), "timestamp": float(timestamp)}
+        status, *result = self._purchase(
+            args=[
+                PREFIX,
+                user_id,
+                float(timestamp),
+                idempotency_key or "",
+                IDEMPOTENCY_SECONDS,
+                json.dumps(asked),
+                *item_ids,
+            ]
+        )
+        if status == b"replay":
+            return replay(result[0], user_id, item_ids)
         if status == b"unknown":
             raise UnknownItemsError([i.decode() for i in result[0]])
         if status == b"short":

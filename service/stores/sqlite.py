@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from service.stores.base import (
+    IDEMPOTENCY_SECONDS,
     Catalogue,
     Counts,
     EditionExhaustedError,
@@ -33,6 +34,7 @@ from service.stores.base import (
     UpsertResult,
     as_blob,
     as_vector,
+    replay,
 )
 
 SCHEMA = """
@@ -64,6 +66,12 @@ CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS purchase_keys (
+    key TEXT PRIMARY KEY,
+    sale TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS purchase_keys_by_age ON purchase_keys (created_at);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key INTEGER NOT NULL
@@ -277,9 +285,25 @@ class SQLiteStore(Store):
                 db.execute("INSERT INTO changes (key) VALUES (?)", (row[0],))
         return None if row is None else _row_to_item(row)
 
-    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+    def record_purchase(
+        self,
+        user_id: str,
+        item_ids: list[str],
+        timestamp: float,
+        idempotency_key: str | None = None,
+    ) -> Sale:
         units = Counter(item_ids)
         with self._write() as db:
+            if idempotency_key is not None:
+                now = time.time()
+                db.execute(
+                    "DELETE FROM purchase_keys WHERE created_at < ?", (now - IDEMPOTENCY_SECONDS,)
+                )
+                seen = db.execute(
+                    "SELECT sale FROM purchase_keys WHERE key = ?", (idempotency_key,)
+                ).fetchone()
+                if seen is not None:
+                    return replay(seen[0], user_id, item_ids)
             marks = ",".join("?" * len(units))
             rows = db.execute(
                 f"SELECT id, key, stock FROM items WHERE deleted = 0 AND id IN ({marks})",
@@ -303,7 +327,13 @@ class SQLiteStore(Store):
             sold_out = [i for i, n in units.items() if stock[i][1] == n]
             sold_out_keys = [stock[i][0] for i in sold_out]
             db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in sold_out_keys])
-        return Sale(user_id, list(item_ids), timestamp, sold_out, sold_out_keys)
+            sale = Sale(user_id, list(item_ids), timestamp, sold_out, sold_out_keys)
+            if idempotency_key is not None:
+                db.execute(
+                    "INSERT INTO purchase_keys (key, sale, created_at) VALUES (?, ?, ?)",
+                    (idempotency_key, sale.remembered(), now),
+                )
+        return sale
 
     def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:
         rows = self._read(

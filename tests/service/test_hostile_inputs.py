@@ -226,3 +226,48 @@ def test_made_up_methods_share_one_metrics_label(client: TestClient) -> None:
     metrics = client.get("/metrics").text
     assert "Q0" not in metrics
     assert 'method="other",route="/items/{item_id}",status="405"} 30.0' in metrics
+
+
+# --- a purchase retried after an answer it never saw (6) -------------------------------------
+
+
+def test_a_purchase_retried_with_its_idempotency_key_is_recorded_once(
+    client: TestClient,
+) -> None:
+    post_items(client, [{**random_item("print"), "edition_size": 5}])
+    key = {"Idempotency-Key": "3f1c7a9e-retry-1"}
+    body = {"user_id": "u", "item_ids": ["print", "print"]}
+    first = client.post("/purchases", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    assert "idempotent-replayed" not in first.headers
+    again = client.post("/purchases", json=body, headers=key)
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
+    assert client.get("/items/print").json()["stock"] == 3
+    assert len(client.get("/users/u/history").json()["purchases"]) == 2
+    other = client.post("/purchases", json={**body, "item_ids": ["print"]}, headers=key)
+    assert other.status_code == 422, other.text
+    assert "used within the last day for another purchase" in other.text
+    assert client.get("/items/print").json()["stock"] == 3
+    assert client.post("/purchases", json=body).status_code == 201  # no key: a new sale
+    assert client.get("/items/print").json()["stock"] == 1
+
+
+def test_a_sold_out_purchase_replays_what_it_sold_out(client: TestClient) -> None:
+    post_items(client, [random_item("unique")])
+    key = {"Idempotency-Key": "k"}
+    body = {"user_id": "u", "item_ids": ["unique"], "timestamp": "2024-05-01T10:00:00.123456Z"}
+    first = client.post("/purchases", json=body, headers=key).json()
+    assert first["sold_out"] == ["unique"]
+    assert client.post("/purchases", json=body, headers=key).json() == first
+
+
+@pytest.mark.parametrize("key", [b"", b"has space", b"x" * 201, "é".encode()])
+def test_malformed_idempotency_keys_are_refused(client: TestClient, key: bytes) -> None:
+    post_items(client, [random_item("a")])
+    body = {"user_id": "u", "item_ids": ["a"]}
+    headers = {"Idempotency-Key": key}
+    response = client.post("/purchases", json=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert client.get("/items/a").json()["stock"] == 1
