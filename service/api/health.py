@@ -19,7 +19,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "the store does not answer"}})
 def readyz(serving: ServingDep, store: StoreDep) -> Response:
     """Ready when the model is loaded and the store answers; 503 otherwise."""
     body: dict[str, Any] = {"model": serving.model.version, "index_size": len(serving.index)}

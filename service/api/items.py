@@ -33,7 +33,7 @@ from service.api.deps import (
     WriteAccess,
 )
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
-from service.api.schemas import Identifier, RecommendedItem
+from service.api.schemas import Identifier, RecommendedItem, errors, invalid
 from service.ingest import Upload, UploadRefused, ingest
 
 router = APIRouter(tags=["items"])
@@ -216,8 +216,13 @@ class SimilarOut(BaseModel):
     items: list[RecommendedItem]
 
 
-def _located(refused: UploadRefused, batch: bool) -> RequestValidationError:
-    """The problems as FastAPI's validation errors, located in the request as sent."""
+def _refusal(refused: UploadRefused, batch: bool) -> Exception:
+    """The answer to refused uploads, the same for JSON and forms: a picture's own status
+    when every problem has it (413 too large, 415 not JPEG/PNG/WebP), else FastAPI's 422
+    with each problem located in the request as sent."""
+    statuses = {p.status for p in refused.problems}
+    if len(statuses) == 1 and statuses != {422}:
+        return HTTPException(statuses.pop(), "; ".join(p.message for p in refused.problems))
     return RequestValidationError(
         [
             {
@@ -240,23 +245,15 @@ async def upload_items(
     """One artwork, or a batch under 'items', as JSON."""
     items = upload.items if isinstance(upload, ItemBatch) else [upload]
     if len(items) > settings.max_batch_items:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "too_long",
-                    "loc": ("body", "items"),
-                    "msg": f"at most {settings.max_batch_items} per request, got {len(items)}",
-                    "input": None,
-                }
-            ]
-        )
+        limit = settings.max_batch_items
+        raise invalid(("body", "items"), f"at most {limit} per request, got {len(items)}")
     uploads = [item.upload() for item in items]
     try:
         # Checking and embedding a full batch takes a fraction of a second of CPU: done in
         # the thread pool, it does not stall the event loop's other requests.
         ingested = await run_in_threadpool(ingest, uploads, serving, catalogue, settings)
     except UploadRefused as refused:
-        raise _located(refused, isinstance(upload, ItemBatch)) from None
+        raise _refusal(refused, isinstance(upload, ItemBatch)) from None
     return UpsertOut(**asdict(ingested))
 
 
@@ -266,18 +263,14 @@ async def upload_picture(
     catalogue: CatalogueDep,
     settings: SettingsDep,
 ) -> UpsertOut:
-    """One artwork as a picture, in a form. A picture's problem gets its own status: 413 too
-    large, 415 not JPEG/PNG/WebP, 422 corrupt or truncated."""
+    """One artwork as a picture, in a form."""
     data = await form.image.read(settings.max_image_bytes + 1)
     try:
         ingested = await run_in_threadpool(
             ingest, [form.upload(data)], serving, catalogue, settings
         )
     except UploadRefused as refused:
-        for problem in refused.problems:
-            if problem.where == ("image",):
-                raise HTTPException(problem.status, f"image: {problem.message}") from None
-        raise _located(refused, batch=False) from None
+        raise _refusal(refused, batch=False) from None
     return UpsertOut(**asdict(ingested))
 
 
@@ -297,6 +290,7 @@ def _add_upload_route(
         methods=["POST"],
         response_model=UpsertOut,
         dependencies=[WriteAccess],
+        responses=errors(400, 401, 403, 409, 413, 415, 503),
         route_class_override=route_class,
         **documentation,
     )
@@ -316,7 +310,12 @@ def _timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-@router.get("/items/{item_id}", response_model=ItemOut, response_model_exclude_none=False)
+@router.get(
+    "/items/{item_id}",
+    response_model=ItemOut,
+    response_model_exclude_none=False,
+    responses=errors(404, 503),
+)
 def get_item(
     item_id: Annotated[str, Path()],
     store: StoreDep,
@@ -339,14 +338,19 @@ def get_item(
     )
 
 
-@router.delete("/items/{item_id}", response_model=DeletedOut, dependencies=[WriteAccess])
+@router.delete(
+    "/items/{item_id}",
+    response_model=DeletedOut,
+    dependencies=[WriteAccess],
+    responses=errors(401, 403, 404, 503),
+)
 def delete_item(item_id: Annotated[str, Path()], catalogue: CatalogueDep) -> DeletedOut:
     if catalogue.delete_item(item_id) is None:
         raise HTTPException(404, f"no item {item_id!r}")
     return DeletedOut(deleted=item_id)
 
 
-@router.get("/items/{item_id}/similar", response_model=SimilarOut)
+@router.get("/items/{item_id}/similar", response_model=SimilarOut, responses=errors(404, 503))
 def similar_items(
     item_id: Annotated[str, Path()],
     recommender: RecommenderDep,
@@ -354,6 +358,6 @@ def similar_items(
     k: Annotated[int, Query(ge=1)] = 20,
 ) -> SimilarOut:
     if k > settings.max_k:
-        raise HTTPException(422, f"k must be at most {settings.max_k}")
+        raise invalid(("query", "k"), f"k must be at most {settings.max_k}, got {k}")
     hits = recommender.similar(item_id, k)
     return SimilarOut(item_id=item_id, items=[RecommendedItem.of(h) for h in hits])

@@ -6,11 +6,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Response
+from fastapi import APIRouter, Header, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import CatalogueDep, WriteAccess
-from service.api.schemas import Identifier
+from service.api.schemas import Identifier, errors, invalid
 from service.stores.base import IdempotencyKeyReused
 
 router = APIRouter(tags=["purchases"])
@@ -44,7 +44,13 @@ class PurchaseOut(BaseModel):
     sold_out: list[str] = Field(description="items this purchase took off sale")
 
 
-@router.post("/purchases", status_code=201, response_model=PurchaseOut, dependencies=[WriteAccess])
+@router.post(
+    "/purchases",
+    status_code=201,
+    response_model=PurchaseOut,
+    dependencies=[WriteAccess],
+    responses=errors(401, 403, 404, 409, 413, 503),
+)
 def record_purchase(
     purchase: PurchaseIn,
     catalogue: CatalogueDep,
@@ -67,7 +73,7 @@ def record_purchase(
             purchase.user_id, purchase.item_ids, seconds, idempotency_key
         )
     except IdempotencyKeyReused as error:
-        raise HTTPException(422, str(error)) from None
+        raise invalid(("header", "Idempotency-Key"), str(error)) from None
     if sale.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return PurchaseOut(

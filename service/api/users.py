@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
 from service.api.deps import StoreDep
+from service.api.schemas import errors
 
 router = APIRouter(tags=["users"])
 
@@ -23,7 +24,7 @@ class HistoryOut(BaseModel):
     purchases: list[PurchaseEntry]
 
 
-@router.get("/users/{user_id}/history", response_model=HistoryOut)
+@router.get("/users/{user_id}/history", response_model=HistoryOut, responses=errors(404, 503))
 def user_history(
     user_id: str,
     store: StoreDep,

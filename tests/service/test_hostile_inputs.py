@@ -271,3 +271,41 @@ def test_malformed_idempotency_keys_are_refused(client: TestClient, key: bytes) 
     response = client.post("/purchases", json=body, headers=headers)
     assert response.status_code == 422, response.text
     assert client.get("/items/a").json()["stock"] == 1
+
+
+# --- answers as the OpenAPI document declares them (10) ----------------------------------
+
+
+def test_a_deleted_work_has_no_similar_works(client: TestClient) -> None:
+    post_items(client, [random_item("gone"), random_item("kept", seed=1)])
+    assert client.get("/items/gone/similar").status_code == 200
+    assert client.delete("/items/gone").status_code == 200
+    similar = client.get("/items/gone/similar")
+    assert similar.status_code == 404, similar.text
+    assert similar.json()["item_ids"] == ["gone"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/items/a/similar?k=501", None),
+        ("POST", "/recommend", {"history": ["a"], "k": 501}),
+    ],
+)
+def test_settings_checks_answer_in_the_declared_422_shape(
+    client: TestClient, method: str, path: str, body: dict | None
+) -> None:
+    post_items(client, [random_item("a")])
+    response = client.request(method, path, json=body)
+    assert response.status_code == 422
+    (problem,) = response.json()["detail"]
+    assert problem["loc"][-1] == "k"
+    assert "at most 500" in problem["msg"]
+
+
+def test_every_error_status_is_documented(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    upload = paths["/items"]["post"]["responses"]
+    assert set(upload) >= {"200", "400", "401", "403", "409", "413", "415", "422", "503"}
+    assert set(paths["/purchases"]["post"]["responses"]) >= {"401", "404", "409", "503"}
+    assert set(paths["/readyz"]["get"]["responses"]) == {"200", "503"}

@@ -117,6 +117,17 @@ def test_too_many_pixels_and_form_mistakes(client: TestClient) -> None:
     assert client.get("/readyz").json()["index_size"] == 0
 
 
+def test_a_picture_gets_the_same_status_as_json_and_as_a_form(client: TestClient) -> None:
+    """Too many pixels is a 413 and a GIF a 415 however the picture came."""
+    for data, status in ((png(2000, 1500), 413), (picture(format_="GIF"), 415)):
+        as_form = form_upload(client, data)
+        body = {"id": "w1", "artist_id": "a", "image_b64": base64.b64encode(data).decode()}
+        as_json = client.post("/items", json=body)
+        assert (as_form.status_code, as_json.status_code) == (status, status), as_json.text
+        assert as_json.json()["detail"] == as_form.json()["detail"]
+    assert client.get("/items/w1").status_code == 404
+
+
 def png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height)).save(buffer, "PNG")
