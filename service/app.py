@@ -85,6 +85,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Scale with worker processes, not threads: idle OpenMP and ONNX Runtime threads spin,
         # and several workers' spinning threads would take the cores from each other.
         faiss.omp_set_num_threads(settings.inference_threads)
+        if settings.api_key is None and not settings.loopback_only:
+            log.warning(
+                "serving %s without an API key (CURATORNET_ALLOW_ANONYMOUS): anyone who can "
+                "reach it may upload, delete, buy and read purchase histories",
+                settings.host,
+            )
         store = open_store(settings.store_url)
         try:
             catalogue = CatalogueIndex(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from curatornet.model_loader import LoadOptions
@@ -30,7 +31,17 @@ class Settings(BaseSettings):
     demo_dir: Path = Field(
         Path("data/demo"), description="--demo's cache of the painted market and its new works"
     )
-    api_key: SecretStr | None = Field(None, description="when set, writes need X-API-Key")
+    api_key: SecretStr | None = Field(
+        None, description="when set, writes and purchase histories need it as X-API-Key"
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="POST /admin/model needs it as X-API-Key; unset, administration is off"
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="serve a non-loopback host without an API key, so that anyone reaching "
+        "it may write (off: such a service refuses to start)",
+    )
     index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or HNSW search")
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
@@ -62,11 +73,31 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "admin_key", mode="before")
     @classmethod
     def empty_key_means_none(cls, value: object) -> object:
         """`CURATORNET_API_KEY=` (as docker-compose passes an unset variable) means no key."""
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def keyed_beyond_loopback(self) -> Settings:
+        """A service other machines can reach takes anonymous writes only when told to."""
+        if self.api_key is None and not self.allow_anonymous and not self.loopback_only:
+            raise ValueError(
+                f"serving {self.host} without CURATORNET_API_KEY would let anyone reaching it "
+                "write: set a key, or CURATORNET_ALLOW_ANONYMOUS=true to serve it open"
+            )
+        return self
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether only this machine can reach the service."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: other machines may resolve it
+            return False
 
     def model_loading(self) -> LoadOptions:
         """How this process opens models, at start-up and on every roll-out."""

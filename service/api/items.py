@@ -26,11 +26,11 @@ from pydantic import (
 
 from service.api.deps import (
     CatalogueDep,
+    KeyAccess,
     RecommenderDep,
     ServingDep,
     SettingsDep,
     StoreDep,
-    WriteAccess,
 )
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
 from service.api.schemas import Identifier, RecommendedItem, errors, invalid
@@ -289,7 +289,7 @@ def _add_upload_route(
         endpoint,
         methods=["POST"],
         response_model=UpsertOut,
-        dependencies=[WriteAccess],
+        dependencies=[KeyAccess],
         responses=errors(400, 401, 403, 409, 413, 415, 503),
         route_class_override=route_class,
         **documentation,
@@ -341,7 +341,7 @@ def get_item(
 @router.delete(
     "/items/{item_id}",
     response_model=DeletedOut,
-    dependencies=[WriteAccess],
+    dependencies=[KeyAccess],
     responses=errors(401, 403, 404, 503),
 )
 def delete_item(item_id: Annotated[str, Path()], catalogue: CatalogueDep) -> DeletedOut:

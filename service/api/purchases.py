@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from service.api.deps import CatalogueDep, WriteAccess
+from service.api.deps import CatalogueDep, KeyAccess
 from service.api.schemas import Identifier, errors, invalid
 from service.stores.base import IdempotencyKeyReused
 
@@ -48,7 +48,7 @@ class PurchaseOut(BaseModel):
     "/purchases",
     status_code=201,
     response_model=PurchaseOut,
-    dependencies=[WriteAccess],
+    dependencies=[KeyAccess],
     responses=errors(401, 403, 404, 409, 413, 503),
 )
 def record_purchase(

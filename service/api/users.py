@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
-from service.api.deps import StoreDep
+from service.api.deps import KeyAccess, StoreDep
 from service.api.schemas import errors
 
 router = APIRouter(tags=["users"])
@@ -24,7 +24,12 @@ class HistoryOut(BaseModel):
     purchases: list[PurchaseEntry]
 
 
-@router.get("/users/{user_id}/history", response_model=HistoryOut, responses=errors(404, 503))
+@router.get(
+    "/users/{user_id}/history",
+    response_model=HistoryOut,
+    dependencies=[KeyAccess],
+    responses=errors(401, 403, 404, 503),
+)
 def user_history(
     user_id: str,
     store: StoreDep,

@@ -39,8 +39,13 @@ KEY = "admin-key"
 
 
 def app_for(store_url: str, model_dir: Path, **settings) -> TestClient:
-    """The app with a key configured (administration needs one) and a client that sends it."""
-    settings = {"api_key": KEY, "models_root": Path(tempfile.gettempdir()), **settings}
+    """The app with keys configured (administration needs one) and a client that sends it."""
+    settings = {
+        "api_key": KEY,
+        "admin_key": KEY,
+        "models_root": Path(tempfile.gettempdir()),
+        **settings,
+    }
     app = create_app(Settings(model_dir=model_dir, store_url=store_url, **settings))
     return TestClient(app, headers={"X-API-Key": KEY})
 
@@ -171,23 +176,26 @@ def test_retraining_into_the_same_directory_reaches_every_process(
 
 def test_rollout_needs_a_configured_key(store_url: str, other_model: Path) -> None:
     body = {"model_dir": str(other_model)}
-    with app_for(store_url, FEATURES_MODEL) as client:
+    with app_for(store_url, FEATURES_MODEL, api_key="writes") as client:
         anonymous = TestClient(client.app)  # same running app, no key sent
         assert anonymous.post("/admin/model", json=body).status_code == 401
         wrong = anonymous.post("/admin/model", json=body, headers={"X-API-Key": "no"})
         assert wrong.status_code == 403
         assert client.post("/admin/model", json=body).status_code == 200
-    with app_for(store_url, FEATURES_MODEL, api_key=None) as open_service:
+        writer = anonymous.post("/admin/model", json=body, headers={"X-API-Key": "writes"})
+        assert writer.status_code == 403  # the write key is not the admin key
+    with app_for(store_url, FEATURES_MODEL, admin_key=None) as open_service:
         closed = open_service.post("/admin/model", json=body)
         assert closed.status_code == 403
-        assert "set CURATORNET_API_KEY" in closed.text
+        assert "set CURATORNET_ADMIN_KEY" in closed.text
 
 
 def test_the_fleet_follows_and_keeps_answering(store_url: str, other_model: Path) -> None:
     """Two processes on one store: roll out through one, the other follows; no request fails."""
     root = tempfile.gettempdir()
-    first = LiveService(store_url, CURATORNET_API_KEY=KEY, CURATORNET_MODELS_ROOT=root)
-    second = LiveService(store_url, CURATORNET_API_KEY=KEY, CURATORNET_MODELS_ROOT=root)
+    keys = {"CURATORNET_API_KEY": KEY, "CURATORNET_ADMIN_KEY": KEY}
+    first = LiveService(store_url, CURATORNET_MODELS_ROOT=root, **keys)
+    second = LiveService(store_url, CURATORNET_MODELS_ROOT=root, **keys)
     first.client.headers["X-API-Key"] = KEY
     try:
         items = [random_item(f"w{i}", seed=i) for i in range(300)]
