@@ -7,10 +7,8 @@ processes serving the same store.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from service.api import admin, health, items, purchases, recommend, users
 from service.config import Settings
+from service.follower import Follower
 from service.index import ItemIndex
 from service.indexing import CatalogueIndex
 from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
@@ -33,27 +32,6 @@ from service.stores.base import ItemsRefused
 
 log = logging.getLogger("service")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def _follow(
-    catalogue: CatalogueIndex, rollouts: ModelRollouts, interval: float, stop: threading.Event
-) -> None:
-    """Every tick: follow the fleet's model, then the change log. After the store was
-    unreachable, rebuild from it: entries may have been lost or trimmed meanwhile."""
-    reachable = True
-    while not stop.wait(interval):
-        with contextlib.suppress(Exception):  # the store is down: the change log says so
-            rollouts.follow_fleet()
-        try:
-            catalogue.follow_changes()
-            if not reachable:
-                log.info("the store answers again: rebuilding the index from it")
-                rollouts.rebuild()
-                reachable = True
-        except Exception:  # a store hiccup must not kill the follower; the next tick retries
-            if reachable:
-                log.exception("cannot follow the store's changes; retrying every tick")
-            reachable = False
 
 
 class AsciiJSONResponse(JSONResponse):
@@ -117,18 +95,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings, app.state.metrics, app.state.store = settings, metrics, store
         app.state.catalogue, app.state.rollouts = catalogue, rollouts
         app.state.recommender = Recommender(store, catalogue, settings.history_length)
-        stop = threading.Event()
-        follower = threading.Thread(
-            target=_follow,
-            args=(catalogue, rollouts, settings.sync_interval_s, stop),
-            daemon=True,
-        )
+        follower = Follower(catalogue, rollouts, settings.sync_interval_s)
+        app.state.follower = follower
         follower.start()
         try:
             yield
         finally:
-            stop.set()
-            follower.join(timeout=5)
+            follower.stop()
             store.close()
 
     app = FastAPI(

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     sync_interval_s: float = Field(
         0.2, gt=0, le=5, description="how often other processes' changes are applied"
     )
+    max_sync_lag_s: float = Field(
+        30.0,
+        gt=0,
+        description="/readyz answers 503 while this process has not caught up with the "
+        "store's changes for this long",
+    )
     explain_items: int = Field(3, ge=1, le=20, description="history items per explanation")
     inference_threads: int = Field(
         1, ge=1, le=64, description="ONNX Runtime and FAISS threads per worker process"

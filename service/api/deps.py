@@ -9,6 +9,7 @@ from fastapi import Depends, Header, HTTPException, Request
 from pydantic import SecretStr
 
 from service.config import Settings
+from service.follower import Follower
 from service.indexing import CatalogueIndex, Serving
 from service.observability import ServiceMetrics
 from service.recommender import Recommender
@@ -44,6 +45,10 @@ def get_rollouts(request: Request) -> ModelRollouts:
 
 def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
+
+
+def get_follower(request: Request) -> Follower:
+    return request.app.state.follower
 
 
 def _check(key: SecretStr, sent: str | None) -> None:
@@ -87,5 +92,6 @@ ServingDep = Annotated[Serving, Depends(get_serving)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 RolloutsDep = Annotated[ModelRollouts, Depends(get_rollouts)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
+FollowerDep = Annotated[Follower, Depends(get_follower)]
 KeyAccess = Depends(require_api_key)  # writes and purchase histories
 AdminAccess = Depends(require_admin_key)

@@ -19,6 +19,11 @@ class StoreError(Exception):
     """A request the store refused; nothing was written."""
 
 
+class ChangesLost(StoreError):
+    """The change log no longer holds every change after a cursor (Redis trims its stream):
+    whoever follows from that cursor must rebuild from the store instead."""
+
+
 class ItemsRefused(StoreError):
     """Refused because of these items; `status` is the HTTP answer that deserves."""
 
@@ -252,7 +257,8 @@ class Store(Protocol):
         """The position of the newest change; follow from here to see only later ones."""
 
     def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
-        """Keys changed after `cursor` (at most `limit` changes) and the cursor to go on from."""
+        """Keys changed after `cursor` (at most `limit` changes) and the cursor to go on from;
+        ChangesLost when some of them are no longer in the log."""
 
     def counts(self) -> Counts: ...
 

@@ -26,6 +26,7 @@ from redis.retry import Retry
 from service.stores.base import (
     IDEMPOTENCY_SECONDS,
     Catalogue,
+    ChangesLost,
     Counts,
     EditionExhaustedError,
     IndexRecord,
@@ -311,6 +312,13 @@ def _for_sale(stock: bytes | None, deleted: bytes | None) -> bool:
     return deleted == b"0" and _count(stock) > 0
 
 
+def _entry_id(raw: bytes | str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3") as a pair that orders as Redis orders ids."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    milliseconds, sequence = text.split("-")
+    return int(milliseconds), int(sequence)
+
+
 def _ids_from_members(members: list[bytes]) -> list[str]:
     return [member[RANK_WIDTH:].decode() for member in members]
 
@@ -517,16 +525,38 @@ class RedisStore(Store):
         return _ids_from_members(self._redis.zrevrange(NEWEST, 0, limit - 1))
 
     def change_cursor(self) -> str:
-        last = self._redis.xrevrange(CHANGES, count=1)
-        return last[0][0].decode() if last else "0-0"
+        # The newest id ever logged, kept even when trimming emptied the stream: a cursor of
+        # 0-0 there would read as having missed every trimmed entry.
+        try:
+            return self._redis.xinfo_stream(CHANGES)["last-generated-id"].decode()
+        except redis.ResponseError:  # no stream yet: nothing was ever logged
+            return "0-0"
 
     def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
         if limit < 1:
             return cursor, []
+        self._check_not_trimmed(cursor)
         entries = self._redis.xrange(CHANGES, f"({cursor}", "+", count=limit)
         if not entries:
             return cursor, []
         return entries[-1][0].decode(), [int(fields[b"key"]) for _, fields in entries]
+
+    def _check_not_trimmed(self, cursor: str) -> None:
+        """ChangesLost when MAXLEN trimmed the stream past `cursor`. A cursor is an entry's id
+        (or 0-0 before the first): entries were lost when the oldest one kept is younger than
+        it (for 0-0: when any was trimmed at all), or, with none kept, when any came after it."""
+        try:
+            info = self._redis.xinfo_stream(CHANGES)
+        except redis.ResponseError:  # no stream yet: nothing was ever logged
+            return
+        after = _entry_id(cursor)
+        if info["first-entry"] is None:
+            lost = _entry_id(info["last-generated-id"]) > after
+        else:
+            trimmed = int(info["entries-added"]) > int(info["length"])
+            lost = _entry_id(info["first-entry"][0]) > after and (cursor != "0-0" or trimmed)
+        if lost:
+            raise ChangesLost(f"the change stream was trimmed past {cursor}")
 
     def counts(self) -> Counts:
         pipe = self._redis.pipeline(transaction=True)  # one consistent snapshot

@@ -11,7 +11,6 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,17 +18,8 @@ import pytest
 import redis
 
 from tests.service.conftest import start_redis
-from tests.service.helpers import LiveService, random_item
+from tests.service.helpers import LiveService, eventually, random_item
 from tests.service.test_api import post_items, running
-
-
-def eventually(condition: Callable[[], bool], seconds: float = 30.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_a_redis_outage_is_a_fast_503_and_the_service_recovers(tmp_path: Path) -> None:
@@ -55,7 +45,7 @@ def test_a_redis_outage_is_a_fast_503_and_the_service_recovers(tmp_path: Path) -
                 assert response.status_code == 503, response.text
             assert all(r.headers["retry-after"] == "1" for r in during[:-1])
             process, _ = start_redis(tmp_path, port=port, appendfsync="always")
-            assert eventually(lambda: client.get("/readyz").status_code == 200)
+            assert eventually(lambda: client.get("/readyz").status_code == 200, 30)
             assert client.get("/items/before").json()["stock"] == 1  # the sale never happened
             assert client.get("/items/during").status_code == 404
             post_items(client, [random_item("after", seed=2)])

@@ -4,7 +4,6 @@ stores, each answered with a 4xx, each leaving nothing stored. A 5xx is always a
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.stores.redis import PREFIX
-from tests.service.helpers import exported, random_item
+from tests.service.helpers import eventually, exported, random_item
 from tests.service.test_api import counts, post_items, running
 
 JSON = {"content-type": "application/json"}
@@ -70,19 +69,9 @@ def test_a_poisoned_redis_count_is_still_read(redis_server: str) -> None:
         assert item.status_code == 200, item.text
         assert item.json()["stock"] == 10**17
         post_items(writer, [random_item("later", seed=1)])
-        assert _eventually(lambda: reader.get("/readyz").json()["index_size"] == 2)
+        assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 2)
         assert writer.delete("/items/poisoned").status_code == 200
-        assert _eventually(lambda: reader.get("/readyz").json()["index_size"] == 1)
-
-
-def _eventually(condition, seconds: float = 20.0) -> bool:
-    """Polls: a loaded 2-core machine can take seconds where an idle one takes 0.2 s."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+        assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 1)
 
 
 # --- a sold one-of-a-kind work put back on sale (Medium 3) ---------------------------------

@@ -18,6 +18,7 @@ from service.config import Settings
 from service.indexing import FeatureDimensionMismatch
 from tests.service.helpers import (
     FEATURES_MODEL,
+    SYNC_DEADLINE_S,
     LiveService,
     exported,
     random_item,
@@ -166,7 +167,7 @@ def test_retraining_into_the_same_directory_reaches_every_process(
         refused = first.post("/admin/model", json={"model_dir": str(garbled)})
         assert refused.status_code == 422
         first.post("/items", json=random_item("after", seed=7))
-        deadline = time.monotonic() + 1
+        deadline = time.monotonic() + SYNC_DEADLINE_S
         while second.get("/items/after/similar").status_code != 200 or (
             second.get("/readyz").json()["index_size"] != 28
         ):
@@ -201,7 +202,7 @@ def test_the_fleet_follows_and_keeps_answering(store_url: str, other_model: Path
         items = [random_item(f"w{i}", seed=i) for i in range(300)]
         first.client.post("/items", json={"items": items})
         first.client.post("/purchases", json={"user_id": "u", "item_ids": ["w0"]})
-        synced_by = time.monotonic() + 1
+        synced_by = time.monotonic() + SYNC_DEADLINE_S
         while second.client.get("/readyz").json()["index_size"] != 299:
             assert time.monotonic() < synced_by
             time.sleep(0.05)
