@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "reach it may upload, delete, buy and read purchase histories",
                 settings.host,
             )
-        store = open_store(settings.store_url)
+        store = open_store(settings.store_url, settings.sqlite_synchronous)
         try:
             catalogue = CatalogueIndex(
                 store,

@@ -24,6 +24,11 @@ class Settings(BaseSettings):
         Path("models"),
         description="POST /admin/model rolls out only model directories inside this one",
     )
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="SQLite's durability: NORMAL can lose the last commits to a power loss "
+        "(never to a crash); FULL syncs each commit to disk first (README: Durability)",
+    )
     encoders_dir: Path = Field(
         Path("models/encoders"),
         description="image encoders, found by name when not where a model's manifest says",

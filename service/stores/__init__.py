@@ -19,12 +19,13 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-def open_store(url: str) -> Store:
-    """A store from its URL: `sqlite:///path.db` (embedded default) or `redis://host:port/db`."""
+def open_store(url: str, sqlite_synchronous: str = "NORMAL") -> Store:
+    """A store from its URL: `sqlite:///path.db` (embedded default) or `redis://host:port/db`.
+    `sqlite_synchronous` is SQLite's durability setting (README: Durability)."""
     if url.startswith("sqlite:///"):
         from service.stores.sqlite import SQLiteStore
 
-        return SQLiteStore(url)
+        return SQLiteStore(url, sqlite_synchronous)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from service.stores.redis import RedisStore
 
