@@ -25,6 +25,9 @@ from service.indexing import CatalogueIndex, Serving
 from service.stores.base import NewItem
 
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP"}
+# What a form's declared content type says the picture is; a picture of another format is
+# refused (JPEG bytes sent as image/png), other declared types are not checked.
+DECLARED_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
 
 class ImageError(ValueError):
@@ -35,8 +38,11 @@ class ImageError(ValueError):
         self.status = status
 
 
-def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Bytes to an RGB image, refusing what is too big, not an image, or not JPEG/PNG/WebP.
+def decode(
+    data: bytes, max_bytes: int, max_pixels: int, declared: str | None = None
+) -> Image.Image:
+    """Bytes to an RGB image, refusing what is too big, not an image, not JPEG/PNG/WebP, or
+    not what its `declared` content type says.
 
     The pixel limit is checked from the header before any pixel is decoded, so a
     decompression bomb costs nothing.
@@ -49,6 +55,9 @@ def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             if image.format not in ACCEPTED_FORMATS:
                 raise ImageError(f"{image.format} images are not accepted (JPEG, PNG or WebP)", 415)
+            said = DECLARED_FORMATS.get((declared or "").split(";")[0].strip().lower())
+            if said not in (None, image.format):
+                raise ImageError(f"a {image.format} image sent as {declared}", 415)
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise ImageError(
@@ -84,6 +93,7 @@ class Upload:
     features_b64: str | None = None
     image_b64: str | None = None
     image: bytes | None = None
+    image_type: str | None = None  # the form's content type for `image`
 
 
 @dataclass(frozen=True)
@@ -213,7 +223,7 @@ def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> np.ndarr
             data = base64.b64decode(upload.image_b64 or "", validate=True)
         except ValueError as error:  # binascii.Error, or text that is not ASCII
             raise ImageError(f"not base64 ({error})") from None
-    image = decode(data, settings.max_image_bytes, settings.max_image_pixels)
+    image = decode(data, settings.max_image_bytes, settings.max_image_pixels, upload.image_type)
     try:
         return preprocess(image, model.image_encoder.steps)
     except PictureShapeError as error:

@@ -38,7 +38,7 @@ class RolloutOut(BaseModel):
     "/admin/model",
     response_model=RolloutOut,
     dependencies=[AdminAccess],
-    responses=errors(401, 403, 409, 413, 503),
+    responses=errors(400, 401, 403, 409, 413, 503),
 )
 async def roll_out_model(
     request: RolloutIn, rollouts: RolloutsDep, settings: SettingsDep

@@ -185,6 +185,7 @@ class ItemForm(ItemFields):
             stock=self.stock,
             metadata=self.metadata.model_dump(exclude_none=True) if self.metadata else {},
             image=image,
+            image_type=self.image.content_type,
         )
 
 

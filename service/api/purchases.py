@@ -49,7 +49,7 @@ class PurchaseOut(BaseModel):
     status_code=201,
     response_model=PurchaseOut,
     dependencies=[KeyAccess],
-    responses=errors(401, 403, 404, 409, 413, 503),
+    responses=errors(400, 401, 403, 404, 409, 413, 503),
 )
 def record_purchase(
     purchase: PurchaseIn,

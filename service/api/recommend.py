@@ -41,7 +41,7 @@ class RecommendOut(BaseModel):
     items: list[RecommendedItem]
 
 
-@router.post("/recommend", response_model=RecommendOut, responses=errors(404, 413, 503))
+@router.post("/recommend", response_model=RecommendOut, responses=errors(400, 404, 413, 503))
 def recommend(
     request: RecommendIn, recommender: RecommenderDep, settings: SettingsDep
 ) -> RecommendOut:

@@ -50,7 +50,7 @@ class ItemsErrorOut(ErrorOut):
 
 
 _ERRORS: dict[int, tuple[type[BaseModel], str]] = {
-    400: (ErrorOut, "the body is not JSON"),
+    400: (ErrorOut, "the body is not JSON (or not UTF-8)"),
     401: (ErrorOut, "no X-API-Key header, and this needs one"),
     403: (ErrorOut, "the X-API-Key does not match (or administration is disabled)"),
     404: (ErrorOut, "no such item or user (item_ids names unknown items)"),

@@ -61,7 +61,8 @@ def client(image_model: Path, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def form_upload(client: TestClient, data: bytes, **fields: str):
-    files = {"image": ("work.jpg", data, "image/jpeg")}
+    kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+    files = {"image": ("work", data, kind)}
     return client.post("/items", data={"id": "w1", "artist_id": "a1", **fields}, files=files)
 
 
@@ -126,6 +127,22 @@ def test_a_picture_gets_the_same_status_as_json_and_as_a_form(client: TestClient
         assert (as_form.status_code, as_json.status_code) == (status, status), as_json.text
         assert as_json.json()["detail"] == as_form.json()["detail"]
     assert client.get("/items/w1").status_code == 404
+
+
+@pytest.mark.parametrize(("format_", "declared"), [("JPEG", "image/png"), ("PNG", "image/webp")])
+def test_a_picture_must_be_what_its_content_type_says(
+    client: TestClient, format_: str, declared: str
+) -> None:
+    data = picture(format_=format_)
+    files = {"image": ("work", data, declared)}
+    response = client.post("/items", data={"id": "w1", "artist_id": "a"}, files=files)
+    assert response.status_code == 415, response.text
+    assert f"image sent as {declared}" in response.text
+    assert client.get("/items/w1").status_code == 404
+    files = {"image": ("work", data, "application/octet-stream")}  # no claim: no check
+    assert (
+        client.post("/items", data={"id": "w1", "artist_id": "a"}, files=files).status_code == 200
+    )
 
 
 def png(width: int, height: int) -> bytes:
