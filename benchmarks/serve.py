@@ -128,12 +128,15 @@ def rss_mib(pids: list[int]) -> float:
 class Service:
     """`python -m service` in its own session at log level info, its stderr kept in a file."""
 
-    def __init__(self, database: Path, workers: int, log: Path, model_dir: Path) -> None:
+    def __init__(self, database: Path | str, workers: int, log: Path, model_dir: Path) -> None:
+        """`database`: a SQLite file, or any store URL (benchmarks/soak.py serves Redis)."""
         self.workers, self.log = workers, log
         self.url = f"http://127.0.0.1:{free_port()}"
         environment = {
             **os.environ,
-            "CURATORNET_STORE_URL": f"sqlite:///{database}",
+            "CURATORNET_STORE_URL": str(database)
+            if str(database).startswith("redis://")
+            else f"sqlite:///{database}",
             "CURATORNET_PORT": self.url.rsplit(":", 1)[1],
             "CURATORNET_WORKERS": str(workers),
             "CURATORNET_LOG_LEVEL": "info",

@@ -5,6 +5,8 @@ the versioning policy); training writes to these names, the loader checks agains
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # Written by every export; the loader reads any of SUPPORTED_FORMAT_VERSIONS. A change that
 # an older loader would misread takes a new version (docs/model-format.md, Versioning).
 # Version 1: the user tower returns one vector [B, embedding_dim]. Version 2: it returns
@@ -40,3 +42,14 @@ PARITY_TOLERANCE = 1e-4
 
 class ModelError(RuntimeError):
     """A model or encoder directory that breaks this format; the message says how."""
+
+
+def contained(base: Path, name: str, *allowed: Path) -> Path:
+    """`base / name`, or ModelError when it resolves outside `base` (and outside each of
+    `allowed`): a manifest cannot make the loader read, hash or open another file on the
+    machine (`../../../../etc/passwd`)."""
+    path = base / name
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root.resolve()) for root in (base, *allowed)):
+        raise ModelError(f"{name!r} lies outside {base}: a model's files must stay inside it")
+    return path

@@ -25,6 +25,7 @@ from curatornet.model_format import (
     USER_MASK,
     USER_VECTOR,
     ModelError,
+    contained,
 )
 from curatornet.onnx_sessions import open_session
 
@@ -116,7 +117,7 @@ def _open_tower(
         spec = TowerSpec(**{k: manifest[key][k] for k in ("file", "sha256", "inputs", "outputs")})
     except (KeyError, TypeError) as error:
         raise ModelError(f"{directory / MANIFEST_FILE}: {key} is incomplete ({error})") from None
-    path = directory / spec.file
+    path = contained(directory, spec.file)
     if not path.is_file():
         raise ModelError(f"{path}: missing (named by manifest.json {key}.file)")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -216,9 +217,12 @@ def _image_encoder(
         return None
     if not isinstance(named, dict) or "manifest" not in named:
         raise ModelError(f"{directory / MANIFEST_FILE}: feature_extractor needs a 'manifest'")
-    path = directory / named["manifest"]
+    # Encoders are shared: beside the model directory (models/encoders next to
+    # models/default) or in the configured encoders directory, never anywhere else.
+    shared = [directory.parent, *([options.encoders_dir] if options.encoders_dir else [])]
+    path = contained(directory, str(named["manifest"]), *shared)
     if not path.is_file() and options.encoders_dir is not None and "name" in named:
-        elsewhere = options.encoders_dir / f"{named['name']}.json"
+        elsewhere = contained(options.encoders_dir, f"{named['name']}.json")
         path = elsewhere if elsewhere.is_file() else path
     encoder = load_image_encoder(path, options.threads)
     expected = named.get("sha256")

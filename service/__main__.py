@@ -94,7 +94,7 @@ def _load_demo(settings: Settings) -> None:
 
     # Every core for ONNX Runtime: a first demo runs the image encoder over the whole market.
     options = dataclasses.replace(settings.model_loading(), threads=None)
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, settings.sqlite_synchronous)
     try:
         catalogue = CatalogueIndex(store, ItemIndex)
         ModelRollouts(store, catalogue, options).start(settings.model_dir)

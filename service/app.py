@@ -7,11 +7,11 @@ processes serving the same store.
 
 from __future__ import annotations
 
-import contextlib
+import json
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import faiss
 from fastapi import FastAPI, Request
@@ -21,37 +21,34 @@ from fastapi.responses import JSONResponse
 
 from service.api import admin, health, items, purchases, recommend, users
 from service.config import Settings
+from service.follower import Follower
 from service.index import ItemIndex
 from service.indexing import CatalogueIndex
 from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.recommender import Recommender
 from service.rollout import ModelRollouts
-from service.stores import open_store
-from service.stores.base import NotForSaleError, UnknownItemsError
+from service.stores import UNAVAILABLE, open_store
+from service.stores.base import ItemsRefused
 
 log = logging.getLogger("service")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _follow(
-    catalogue: CatalogueIndex, rollouts: ModelRollouts, interval: float, stop: threading.Event
-) -> None:
-    """Every tick: follow the fleet's model, then the change log. After the store was
-    unreachable, rebuild from it: entries may have been lost or trimmed meanwhile."""
-    reachable = True
-    while not stop.wait(interval):
-        with contextlib.suppress(Exception):  # the store is down: the change log says so
-            rollouts.follow_fleet()
-        try:
-            catalogue.follow_changes()
-            if not reachable:
-                log.info("the store answers again: rebuilding the index from it")
-                rollouts.rebuild()
-                reachable = True
-        except Exception:  # a store hiccup must not kill the follower; the next tick retries
-            if reachable:
-                log.exception("cannot follow the store's changes; retrying every tick")
-            reachable = False
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: text that echoes a request (an error's
+    location can name a body's key) stays encodable even with a lone surrogate in it."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _echo(value: Any) -> Any:
+    """An invalid input as a 422 shows it: itself when short, plain JSON; else a note."""
+    try:
+        text = json.dumps(jsonable_encoder(value), allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        return "(not JSON)"
+    return value if len(text) <= 200 else "(elided)"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,7 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Scale with worker processes, not threads: idle OpenMP and ONNX Runtime threads spin,
         # and several workers' spinning threads would take the cores from each other.
         faiss.omp_set_num_threads(settings.inference_threads)
-        store = open_store(settings.store_url)
+        if settings.api_key is None and not settings.loopback_only:
+            log.warning(
+                "serving %s without an API key (CURATORNET_ALLOW_ANONYMOUS): anyone who can "
+                "reach it may upload, delete, buy and read purchase histories",
+                settings.host,
+            )
+        store = open_store(settings.store_url, settings.sqlite_synchronous)
         try:
             catalogue = CatalogueIndex(
                 store,
@@ -92,18 +95,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings, app.state.metrics, app.state.store = settings, metrics, store
         app.state.catalogue, app.state.rollouts = catalogue, rollouts
         app.state.recommender = Recommender(store, catalogue, settings.history_length)
-        stop = threading.Event()
-        follower = threading.Thread(
-            target=_follow,
-            args=(catalogue, rollouts, settings.sync_interval_s, stop),
-            daemon=True,
-        )
+        follower = Follower(catalogue, rollouts, settings.sync_interval_s)
+        app.state.follower = follower
         follower.start()
         try:
             yield
         finally:
-            stop.set()
-            follower.join(timeout=5)
+            follower.stop()
             store.close()
 
     app = FastAPI(
@@ -116,23 +114,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (module.router for module in routers):
         app.include_router(router)
 
-    @app.exception_handler(UnknownItemsError)
-    async def unknown_items(request: Request, error: UnknownItemsError) -> JSONResponse:
-        return JSONResponse({"detail": str(error), "item_ids": error.item_ids}, status_code=404)
+    @app.exception_handler(ItemsRefused)
+    async def items_refused(request: Request, error: ItemsRefused) -> JSONResponse:
+        return AsciiJSONResponse(
+            {"detail": str(error), "item_ids": error.item_ids}, status_code=error.status
+        )
 
-    @app.exception_handler(NotForSaleError)
-    async def not_for_sale(request: Request, error: NotForSaleError) -> JSONResponse:
-        return JSONResponse({"detail": str(error), "item_ids": error.item_ids}, status_code=409)
+    async def unavailable(request: Request, error: Exception) -> JSONResponse:
+        log.warning("the store cannot answer %s %s: %s", request.method, request.url.path, error)
+        detail = f"the store cannot answer now ({type(error).__name__}); retry shortly"
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
+
+    for error_class in UNAVAILABLE:
+        app.add_exception_handler(error_class, unavailable)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422, without echoing large inputs back (a 50 MB body must not return
-        a 50 MB error)."""
-        errors = [
-            {**e, "input": e.get("input") if len(repr(e.get("input"))) <= 200 else "(elided)"}
-            for e in error.errors()
-        ]
-        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+        """FastAPI's 422, echoing only short, plain JSON inputs (a 50 MB body must not return
+        a 50 MB error; NaN, 1e400 and lone surrogates, which Python's parser accepts, must
+        not make the error itself fail)."""
+        errors = [{**e, "input": _echo(e.get("input"))} for e in error.errors()]
+        return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
     app.add_middleware(
         BodyLimitMiddleware,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from curatornet.model_loader import LoadOptions
@@ -19,6 +20,15 @@ class Settings(BaseSettings):
         "sqlite:///data/curatornet.db",
         description="sqlite:///path.db (embedded) or redis://host:port/db",
     )
+    models_root: Path = Field(
+        Path("models"),
+        description="POST /admin/model rolls out only model directories inside this one",
+    )
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="SQLite's durability: NORMAL can lose the last commits to a power loss "
+        "(never to a crash); FULL syncs each commit to disk first (README: Durability)",
+    )
     encoders_dir: Path = Field(
         Path("models/encoders"),
         description="image encoders, found by name when not where a model's manifest says",
@@ -26,7 +36,17 @@ class Settings(BaseSettings):
     demo_dir: Path = Field(
         Path("data/demo"), description="--demo's cache of the painted market and its new works"
     )
-    api_key: SecretStr | None = Field(None, description="when set, writes need X-API-Key")
+    api_key: SecretStr | None = Field(
+        None, description="when set, writes and purchase histories need it as X-API-Key"
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="POST /admin/model needs it as X-API-Key; unset, administration is off"
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="serve a non-loopback host without an API key, so that anyone reaching "
+        "it may write (off: such a service refuses to start)",
+    )
     index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or HNSW search")
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
@@ -39,9 +59,21 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(4096, ge=64, description="JSON size of one item's metadata")
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="one uploaded image")
     max_image_pixels: int = Field(40_000_000, ge=1024, description="decompression-bomb guard")
+    max_feature_magnitude: float = Field(
+        1000.0,
+        gt=0,
+        description="largest |value| of an uploaded feature vector: far beyond what image "
+        "encoders give (EfficientNet-lite0: 0 to 6), short of what overflows a model",
+    )
     max_k: int = Field(500, ge=1, description="largest k a request may ask for")
     sync_interval_s: float = Field(
         0.2, gt=0, le=5, description="how often other processes' changes are applied"
+    )
+    max_sync_lag_s: float = Field(
+        30.0,
+        gt=0,
+        description="/readyz answers 503 while this process has not caught up with the "
+        "store's changes for this long",
     )
     explain_items: int = Field(3, ge=1, le=20, description="history items per explanation")
     inference_threads: int = Field(
@@ -52,11 +84,31 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "admin_key", mode="before")
     @classmethod
     def empty_key_means_none(cls, value: object) -> object:
         """`CURATORNET_API_KEY=` (as docker-compose passes an unset variable) means no key."""
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def keyed_beyond_loopback(self) -> Settings:
+        """A service other machines can reach takes anonymous writes only when told to."""
+        if self.api_key is None and not self.allow_anonymous and not self.loopback_only:
+            raise ValueError(
+                f"serving {self.host} without CURATORNET_API_KEY would let anyone reaching it "
+                "write: set a key, or CURATORNET_ALLOW_ANONYMOUS=true to serve it open"
+            )
+        return self
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether only this machine can reach the service."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: other machines may resolve it
+            return False
 
     def model_loading(self) -> LoadOptions:
         """How this process opens models, at start-up and on every roll-out."""

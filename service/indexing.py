@@ -152,8 +152,14 @@ class CatalogueIndex:
             self.refresh(self.serving, [item.key])
         return item
 
-    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
-        sale = self._store.record_purchase(user_id, item_ids, timestamp)
+    def record_purchase(
+        self,
+        user_id: str,
+        item_ids: list[str],
+        timestamp: float,
+        idempotency_key: str | None = None,
+    ) -> Sale:
+        sale = self._store.record_purchase(user_id, item_ids, timestamp, idempotency_key)
         self.refresh(self.serving, sale.sold_out_keys)
         return sale
 

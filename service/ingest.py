@@ -9,7 +9,6 @@ checked by one model and embedded by another. A refused request writes nothing.
 from __future__ import annotations
 
 import base64
-import binascii
 import io
 import json
 import warnings
@@ -19,13 +18,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from curatornet.image_encoder import preprocess
+from curatornet.image_encoder import PictureShapeError, preprocess
 from curatornet.model_loader import LoadedModel
 from service.config import Settings
 from service.indexing import CatalogueIndex, Serving
 from service.stores.base import NewItem
 
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP"}
+# What a form's declared content type says the picture is; a picture of another format is
+# refused (JPEG bytes sent as image/png), other declared types are not checked.
+DECLARED_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
 
 
 class ImageError(ValueError):
@@ -36,8 +38,11 @@ class ImageError(ValueError):
         self.status = status
 
 
-def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Bytes to an RGB image, refusing what is too big, not an image, or not JPEG/PNG/WebP.
+def decode(
+    data: bytes, max_bytes: int, max_pixels: int, declared: str | None = None
+) -> Image.Image:
+    """Bytes to an RGB image, refusing what is too big, not an image, not JPEG/PNG/WebP, or
+    not what its `declared` content type says.
 
     The pixel limit is checked from the header before any pixel is decoded, so a
     decompression bomb costs nothing.
@@ -50,6 +55,9 @@ def decode(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             if image.format not in ACCEPTED_FORMATS:
                 raise ImageError(f"{image.format} images are not accepted (JPEG, PNG or WebP)", 415)
+            said = DECLARED_FORMATS.get((declared or "").split(";")[0].strip().lower())
+            if said not in (None, image.format):
+                raise ImageError(f"a {image.format} image sent as {declared}", 415)
             pixels = image.width * image.height
             if pixels > max_pixels:
                 raise ImageError(
@@ -85,6 +93,7 @@ class Upload:
     features_b64: str | None = None
     image_b64: str | None = None
     image: bytes | None = None
+    image_type: str | None = None  # the form's content type for `image`
 
 
 @dataclass(frozen=True)
@@ -123,22 +132,28 @@ def ingest(
     vectors: list[np.ndarray] = []
     pictures: dict[int, np.ndarray] = {}  # preprocessed at once: full-size pixels never pile up
     seen: dict[str, int] = {}
+    fields: list[str] = []  # where each upload's features came from
+    largest = settings.max_feature_magnitude
     for n, upload in enumerate(uploads):
-        picture_field = "image" if upload.image is not None else "image_b64"
         if upload.image is not None or upload.image_b64 is not None:
+            fields.append("image" if upload.image is not None else "image_b64")
             vectors.append(np.zeros(model.feature_dim, np.float32))  # filled in once all pass
             try:
                 pictures[n] = _picture(upload, model, settings)
             except ImageError as error:
-                problems.append(Problem(n, (picture_field,), str(error), error.status))
+                problems.append(Problem(n, (fields[n],), str(error), error.status))
         else:
             vector, field, problem = _vector(upload, model.feature_dim)
+            fields.append(field)
             vectors.append(vector)
             if problem:
                 problems.append(Problem(n, (field,), problem))
             elif not np.isfinite(vector).all():
                 bad = int(np.flatnonzero(~np.isfinite(vector))[0])
                 problems.append(Problem(n, (field, bad), "NaN or infinite values are not features"))
+            elif (far := np.flatnonzero(np.abs(vector) > largest)).size:
+                message = f"{vector[far[0]]:g} is beyond ±{largest:g}: no encoder gives such values"
+                problems.append(Problem(n, (field, int(far[0])), message))
         size = len(json.dumps(upload.metadata))
         if size > settings.max_metadata_bytes:
             limit = settings.max_metadata_bytes
@@ -153,6 +168,12 @@ def ingest(
         for n, features in zip(pictures, encoded, strict=True):
             vectors[n] = features
     embeddings = model.embed_items(np.stack(vectors))
+    # A model can still overflow on features inside the bound: such a work could never be
+    # scored, and its buyers' histories would turn NaN.
+    broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+    if broken.size:
+        message = "the model's embedding of these features is not finite"
+        raise UploadRefused([Problem(int(n), (fields[n],), message) for n in broken])
     result = catalogue.upsert_items(
         [
             NewItem(
@@ -176,7 +197,7 @@ def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | No
     if upload.features_b64 is not None:
         try:
             raw = base64.b64decode(upload.features_b64, validate=True)
-        except binascii.Error as error:
+        except ValueError as error:  # binascii.Error, or text that is not ASCII
             return np.zeros(0, np.float32), "features_b64", f"not base64 ({error})"
         if len(raw) != 4 * feature_dim:
             message = f"expected {4 * feature_dim} bytes ({feature_dim} float32), got {len(raw)}"
@@ -200,7 +221,10 @@ def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> np.ndarr
     if data is None:
         try:
             data = base64.b64decode(upload.image_b64 or "", validate=True)
-        except binascii.Error as error:
+        except ValueError as error:  # binascii.Error, or text that is not ASCII
             raise ImageError(f"not base64 ({error})") from None
-    image = decode(data, settings.max_image_bytes, settings.max_image_pixels)
-    return preprocess(image, model.image_encoder.steps)
+    image = decode(data, settings.max_image_bytes, settings.max_image_pixels, upload.image_type)
+    try:
+        return preprocess(image, model.image_encoder.steps)
+    except PictureShapeError as error:
+        raise ImageError(str(error)) from None

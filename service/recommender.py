@@ -108,6 +108,10 @@ class Recommender:
         return Recommendations(PERSONALIZED, items, used, serving.model.version)
 
     def similar(self, item_id: str, k: int) -> list[Recommendation]:
+        """Works for sale closest to `item_id`; UnknownItemsError for a deleted work too, as
+        GET /items/{id} has it (its embedding stays stored for its buyers' histories)."""
+        if not self._store.get_items([item_id]):
+            raise UnknownItemsError([item_id])
         serving = self._catalogue.serving
         embedding = self._embeddings(serving.model, [item_id])[item_id]
         hits = self._search_for_sale(serving, embedding, k, {item_id})

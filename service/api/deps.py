@@ -1,4 +1,4 @@
-"""Dependencies: the resources the lifespan created, and the API-key check on writes."""
+"""Dependencies: the resources the lifespan created, and the API-key checks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import secrets
 from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Request
+from pydantic import SecretStr
 
 from service.config import Settings
+from service.follower import Follower
 from service.indexing import CatalogueIndex, Serving
 from service.observability import ServiceMetrics
 from service.recommender import Recommender
@@ -45,29 +47,40 @@ def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
+def get_follower(request: Request) -> Follower:
+    return request.app.state.follower
+
+
+def _check(key: SecretStr, sent: str | None) -> None:
+    if sent is None:
+        raise HTTPException(
+            401, "this request needs an X-API-Key header", {"WWW-Authenticate": "ApiKey"}
+        )
+    if not secrets.compare_digest(sent.encode(), key.get_secret_value().encode()):
+        raise HTTPException(403, "the X-API-Key header does not match the configured key")
+
+
 def require_api_key(
     settings: Annotated[Settings, Depends(get_settings)],
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> None:
-    """Writes need the configured key; with none configured the service is open (local use)."""
-    if settings.api_key is None:
-        return
-    if x_api_key is None:
-        raise HTTPException(
-            401, "this write needs an X-API-Key header", {"WWW-Authenticate": "ApiKey"}
-        )
-    if not secrets.compare_digest(x_api_key.encode(), settings.api_key.get_secret_value().encode()):
-        raise HTTPException(403, "the X-API-Key header does not match the configured key")
+    """Writes and purchase histories (personal data) need the configured key; with none
+    configured the service is open (local use: Settings refuses it beyond loopback)."""
+    if settings.api_key is not None:
+        _check(settings.api_key, x_api_key)
 
 
-def require_configured_key(
+def require_admin_key(
     settings: Annotated[Settings, Depends(get_settings)],
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> None:
-    """Administration is never open: without a configured key it is switched off."""
-    if settings.api_key is None:
-        raise HTTPException(403, "administration is disabled: set CURATORNET_API_KEY to enable it")
-    require_api_key(settings, x_api_key)
+    """Administration has its own key, so a leaked write key cannot roll out models, and is
+    never open: without a configured key it is switched off."""
+    if settings.admin_key is None:
+        raise HTTPException(
+            403, "administration is disabled: set CURATORNET_ADMIN_KEY to enable it"
+        )
+    _check(settings.admin_key, x_api_key)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -79,5 +92,6 @@ ServingDep = Annotated[Serving, Depends(get_serving)]
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 RolloutsDep = Annotated[ModelRollouts, Depends(get_rollouts)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
-WriteAccess = Depends(require_api_key)
-AdminAccess = Depends(require_configured_key)
+FollowerDep = Annotated[Follower, Depends(get_follower)]
+KeyAccess = Depends(require_api_key)  # writes and purchase histories
+AdminAccess = Depends(require_admin_key)

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import MetricsDep, RolloutsDep, ServingDep, StoreDep
+from service.api.deps import (
+    FollowerDep,
+    MetricsDep,
+    RolloutsDep,
+    ServingDep,
+    SettingsDep,
+    StoreDep,
+)
 
 router = APIRouter(tags=["operations"])
 
@@ -19,14 +26,28 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-def readyz(serving: ServingDep, store: StoreDep) -> Response:
-    """Ready when the model is loaded and the store answers; 503 otherwise."""
-    body: dict[str, Any] = {"model": serving.model.version, "index_size": len(serving.index)}
+@router.get(
+    "/readyz",
+    responses={503: {"description": "the store does not answer, or this process lags behind it"}},
+)
+def readyz(
+    serving: ServingDep, store: StoreDep, follower: FollowerDep, settings: SettingsDep
+) -> Response:
+    """Ready when the model is loaded, the store answers and this process keeps up with the
+    store's changes; 503 otherwise (a process serving a stale index is not ready)."""
+    lag = follower.lag()
+    body: dict[str, Any] = {
+        "model": serving.model.version,
+        "index_size": len(serving.index),
+        "sync_lag_s": round(lag, 3),
+    }
     try:
         store.ping()
     except Exception as error:  # any failure to reach the store means not ready
         return JSONResponse({**body, "status": "unavailable", "store": str(error)}, status_code=503)
+    if follower.error is not None or lag > settings.max_sync_lag_s:
+        behind = follower.error or f"no change applied for {lag:.0f} s"
+        return JSONResponse({**body, "status": "behind", "follower": behind}, status_code=503)
     return JSONResponse({**body, "status": "ready", "store": "ok"})
 
 

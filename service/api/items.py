@@ -3,6 +3,7 @@ similar ones. Uploads are checked, embedded and stored by `service.ingest`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -12,21 +13,34 @@ from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, UploadFil
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Json, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Json,
+    StrictFloat,
+    Tag,
+    model_validator,
+)
 
 from service.api.deps import (
     CatalogueDep,
+    KeyAccess,
     RecommenderDep,
     ServingDep,
     SettingsDep,
     StoreDep,
-    WriteAccess,
 )
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
-from service.api.schemas import Identifier, RecommendedItem
+from service.api.schemas import Identifier, RecommendedItem, errors, invalid
 from service.ingest import Upload, UploadRefused, ingest
 
 router = APIRouter(tags=["items"])
+
+
+# Levels of objects and arrays one item's metadata may nest.
+MAX_METADATA_DEPTH = 8
 
 
 class ItemMetadata(BaseModel):
@@ -39,6 +53,39 @@ class ItemMetadata(BaseModel):
     image_url: str | None = Field(None, max_length=2048)
     tags: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
 
+    @model_validator(mode="after")
+    def storable(self) -> ItemMetadata:
+        """Refuse what would be stored but could not be shown again: nesting deeper than
+        MAX_METADATA_DEPTH (every reader parses it recursively, and a few hundred levels
+        exhaust Python's stack), text with lone surrogates (not UTF-8) and NaN or infinity
+        (not JSON: Python's parser takes them, no response can carry them)."""
+        level, values = 1, list((self.model_extra or {}).values())
+        while values:
+            if level > MAX_METADATA_DEPTH:
+                raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+            values = [
+                inner
+                for value in values
+                if isinstance(value, dict | list)
+                for inner in (value.values() if isinstance(value, dict) else value)
+            ]
+            level += 1
+        try:
+            text = json.dumps(self.model_dump(), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise ValueError("NaN and infinity are not JSON numbers") from None
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a lone surrogate (U+D800 to U+DFFF) is not Unicode text") from None
+        return self
+
+
+# The largest edition (and so stock) a work may have: far beyond any real edition, and small
+# enough for every store to hold exactly (SQLite's int64; Lua's doubles, which wrote 1e17 as
+# "1e+17", a stock no reader could parse).
+MAX_EDITION = 1_000_000
+
 
 class ItemFields(BaseModel):
     """What every upload says about the artwork besides its features."""
@@ -48,13 +95,18 @@ class ItemFields(BaseModel):
     id: Identifier
     artist_id: Identifier
     edition_size: int | None = Field(
-        None, ge=1, description="prints in the edition; leave out for a one-of-a-kind work"
+        None,
+        ge=1,
+        le=MAX_EDITION,
+        description="prints in the edition; leave out for a one-of-a-kind work",
     )
     stock: int | None = Field(
         None,
         ge=0,
+        le=MAX_EDITION,
         description="units for sale now (default: the edition size, 1 for one-of-a-kind; "
-        "when replacing a work, what it has left)",
+        "when replacing a work, what it has left); never more than the edition has left "
+        "unsold (409)",
     )
 
     @model_validator(mode="after")
@@ -67,8 +119,8 @@ class ItemFields(BaseModel):
 
 
 class ItemIn(ItemFields):
-    features: list[float] | None = Field(
-        None, description="the model's feature vector (GET /model: feature_dim floats)"
+    features: list[StrictFloat] | None = Field(
+        None, description="the model's feature vector (GET /model: feature_dim numbers)"
     )
     features_b64: str | None = Field(
         None,
@@ -133,6 +185,7 @@ class ItemForm(ItemFields):
             stock=self.stock,
             metadata=self.metadata.model_dump(exclude_none=True) if self.metadata else {},
             image=image,
+            image_type=self.image.content_type,
         )
 
 
@@ -164,8 +217,13 @@ class SimilarOut(BaseModel):
     items: list[RecommendedItem]
 
 
-def _located(refused: UploadRefused, batch: bool) -> RequestValidationError:
-    """The problems as FastAPI's validation errors, located in the request as sent."""
+def _refusal(refused: UploadRefused, batch: bool) -> Exception:
+    """The answer to refused uploads, the same for JSON and forms: a picture's own status
+    when every problem has it (413 too large, 415 not JPEG/PNG/WebP), else FastAPI's 422
+    with each problem located in the request as sent."""
+    statuses = {p.status for p in refused.problems}
+    if len(statuses) == 1 and statuses != {422}:
+        return HTTPException(statuses.pop(), "; ".join(p.message for p in refused.problems))
     return RequestValidationError(
         [
             {
@@ -188,23 +246,15 @@ async def upload_items(
     """One artwork, or a batch under 'items', as JSON."""
     items = upload.items if isinstance(upload, ItemBatch) else [upload]
     if len(items) > settings.max_batch_items:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "too_long",
-                    "loc": ("body", "items"),
-                    "msg": f"at most {settings.max_batch_items} per request, got {len(items)}",
-                    "input": None,
-                }
-            ]
-        )
+        limit = settings.max_batch_items
+        raise invalid(("body", "items"), f"at most {limit} per request, got {len(items)}")
     uploads = [item.upload() for item in items]
     try:
         # Checking and embedding a full batch takes a fraction of a second of CPU: done in
         # the thread pool, it does not stall the event loop's other requests.
         ingested = await run_in_threadpool(ingest, uploads, serving, catalogue, settings)
     except UploadRefused as refused:
-        raise _located(refused, isinstance(upload, ItemBatch)) from None
+        raise _refusal(refused, isinstance(upload, ItemBatch)) from None
     return UpsertOut(**asdict(ingested))
 
 
@@ -214,18 +264,14 @@ async def upload_picture(
     catalogue: CatalogueDep,
     settings: SettingsDep,
 ) -> UpsertOut:
-    """One artwork as a picture, in a form. A picture's problem gets its own status: 413 too
-    large, 415 not JPEG/PNG/WebP, 422 corrupt or truncated."""
+    """One artwork as a picture, in a form."""
     data = await form.image.read(settings.max_image_bytes + 1)
     try:
         ingested = await run_in_threadpool(
             ingest, [form.upload(data)], serving, catalogue, settings
         )
     except UploadRefused as refused:
-        for problem in refused.problems:
-            if problem.where == ("image",):
-                raise HTTPException(problem.status, f"image: {problem.message}") from None
-        raise _located(refused, batch=False) from None
+        raise _refusal(refused, batch=False) from None
     return UpsertOut(**asdict(ingested))
 
 
@@ -244,7 +290,8 @@ def _add_upload_route(
         endpoint,
         methods=["POST"],
         response_model=UpsertOut,
-        dependencies=[WriteAccess],
+        dependencies=[KeyAccess],
+        responses=errors(400, 401, 403, 409, 413, 415, 503),
         route_class_override=route_class,
         **documentation,
     )
@@ -264,7 +311,12 @@ def _timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
-@router.get("/items/{item_id}", response_model=ItemOut, response_model_exclude_none=False)
+@router.get(
+    "/items/{item_id}",
+    response_model=ItemOut,
+    response_model_exclude_none=False,
+    responses=errors(404, 503),
+)
 def get_item(
     item_id: Annotated[str, Path()],
     store: StoreDep,
@@ -287,14 +339,19 @@ def get_item(
     )
 
 
-@router.delete("/items/{item_id}", response_model=DeletedOut, dependencies=[WriteAccess])
+@router.delete(
+    "/items/{item_id}",
+    response_model=DeletedOut,
+    dependencies=[KeyAccess],
+    responses=errors(401, 403, 404, 503),
+)
 def delete_item(item_id: Annotated[str, Path()], catalogue: CatalogueDep) -> DeletedOut:
     if catalogue.delete_item(item_id) is None:
         raise HTTPException(404, f"no item {item_id!r}")
     return DeletedOut(deleted=item_id)
 
 
-@router.get("/items/{item_id}/similar", response_model=SimilarOut)
+@router.get("/items/{item_id}/similar", response_model=SimilarOut, responses=errors(404, 503))
 def similar_items(
     item_id: Annotated[str, Path()],
     recommender: RecommenderDep,
@@ -302,6 +359,6 @@ def similar_items(
     k: Annotated[int, Query(ge=1)] = 20,
 ) -> SimilarOut:
     if k > settings.max_k:
-        raise HTTPException(422, f"k must be at most {settings.max_k}")
+        raise invalid(("query", "k"), f"k must be at most {settings.max_k}, got {k}")
     hits = recommender.similar(item_id, k)
     return SimilarOut(item_id=item_id, items=[RecommendedItem.of(h) for h in hits])

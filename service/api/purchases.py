@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from service.api.deps import CatalogueDep, WriteAccess
-from service.api.schemas import Identifier
+from service.api.deps import CatalogueDep, KeyAccess
+from service.api.schemas import Identifier, errors, invalid
+from service.stores.base import IdempotencyKeyReused
 
 router = APIRouter(tags=["purchases"])
 
@@ -42,10 +44,38 @@ class PurchaseOut(BaseModel):
     sold_out: list[str] = Field(description="items this purchase took off sale")
 
 
-@router.post("/purchases", status_code=201, response_model=PurchaseOut, dependencies=[WriteAccess])
-def record_purchase(purchase: PurchaseIn, catalogue: CatalogueDep) -> PurchaseOut:
+@router.post(
+    "/purchases",
+    status_code=201,
+    response_model=PurchaseOut,
+    dependencies=[KeyAccess],
+    responses=errors(400, 401, 403, 404, 409, 413, 503),
+)
+def record_purchase(
+    purchase: PurchaseIn,
+    catalogue: CatalogueDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            pattern=r"^[!-~]+$",
+            description="any unique string (a UUID): a retry with the same key within a day "
+            "is answered with the purchase it recorded, never a second one",
+        ),
+    ] = None,
+) -> PurchaseOut:
     seconds = purchase.timestamp.timestamp() if purchase.timestamp else time.time()
-    sale = catalogue.record_purchase(purchase.user_id, purchase.item_ids, seconds)
+    try:
+        sale = catalogue.record_purchase(
+            purchase.user_id, purchase.item_ids, seconds, idempotency_key
+        )
+    except IdempotencyKeyReused as error:
+        raise invalid(("header", "Idempotency-Key"), str(error)) from None
+    if sale.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return PurchaseOut(
         user_id=sale.user_id,
         item_ids=sale.item_ids,

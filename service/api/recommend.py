@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import RecommenderDep, SettingsDep
-from service.api.schemas import Identifier, RecommendedItem
+from service.api.schemas import Identifier, RecommendedItem, errors, invalid
 from service.recommender import FALLBACK, PERSONALIZED, Filters
 from service.stores.base import UnknownItemsError
 
@@ -42,12 +41,12 @@ class RecommendOut(BaseModel):
     items: list[RecommendedItem]
 
 
-@router.post("/recommend", response_model=RecommendOut)
+@router.post("/recommend", response_model=RecommendOut, responses=errors(400, 404, 413, 503))
 def recommend(
     request: RecommendIn, recommender: RecommenderDep, settings: SettingsDep
 ) -> RecommendOut:
     if request.k > settings.max_k:
-        raise HTTPException(422, f"k must be at most {settings.max_k}, got {request.k}")
+        raise invalid(("body", "k"), f"k must be at most {settings.max_k}, got {request.k}")
     if request.user_id is not None:
         history = recommender.purchased_by(request.user_id)
     else:
@@ -64,16 +63,7 @@ def recommend(
     except UnknownItemsError as error:
         if request.user_id is not None:
             raise  # a stored history naming a vanished item is not the caller's mistake
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("body", "history"),
-                    "msg": f"unknown item id(s): {error.item_ids}",
-                    "input": error.item_ids,
-                }
-            ]
-        ) from None
+        raise invalid(("body", "history"), f"unknown item id(s): {error.item_ids}") from None
     return RecommendOut(
         strategy=result.strategy,
         user_id=request.user_id,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, StringConstraints
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, StringConstraints
 
 from service.recommender import Recommendation
 
@@ -34,3 +35,41 @@ class RecommendedItem(BaseModel):
             if because is None
             else [Contribution(item_id=i, score=s) for i, s in because],
         )
+
+
+class ErrorOut(BaseModel):
+    """Every error but a 422: what went wrong, in words."""
+
+    detail: str
+
+
+class ItemsErrorOut(ErrorOut):
+    """A refusal because of some items (unknown, sold out, a stock beyond the edition)."""
+
+    item_ids: list[str] = Field(description="the items it is about")
+
+
+_ERRORS: dict[int, tuple[type[BaseModel], str]] = {
+    400: (ErrorOut, "the body is not JSON (or not UTF-8)"),
+    401: (ErrorOut, "no X-API-Key header, and this needs one"),
+    403: (ErrorOut, "the X-API-Key does not match (or administration is disabled)"),
+    404: (ErrorOut, "no such item or user (item_ids names unknown items)"),
+    409: (ItemsErrorOut, "refused by the catalogue's state: sold out, a stock beyond the edition"),
+    413: (ErrorOut, "the body or the picture is too large"),
+    415: (ErrorOut, "the picture is not JPEG, PNG or WebP"),
+    503: (ErrorOut, "the store cannot answer now; retry after Retry-After seconds"),
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses (422 FastAPI documents itself), so a
+    client or a fuzzer knows every answer an operation can give."""
+    return {s: {"model": _ERRORS[s][0], "description": _ERRORS[s][1]} for s in statuses}
+
+
+def invalid(where: tuple[str | int, ...], message: str) -> RequestValidationError:
+    """A 422 in FastAPI's shape, the one the document declares, for a check that needs the
+    settings, the model or the store."""
+    return RequestValidationError(
+        [{"type": "value_error", "loc": where, "msg": message, "input": None}]
+    )

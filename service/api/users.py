@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel
 
-from service.api.deps import StoreDep
+from service.api.deps import KeyAccess, StoreDep
+from service.api.schemas import errors
 
 router = APIRouter(tags=["users"])
 
@@ -23,11 +24,18 @@ class HistoryOut(BaseModel):
     purchases: list[PurchaseEntry]
 
 
-@router.get("/users/{user_id}/history", response_model=HistoryOut)
+@router.get(
+    "/users/{user_id}/history",
+    response_model=HistoryOut,
+    dependencies=[KeyAccess],
+    responses=errors(401, 403, 404, 503),
+)
 def user_history(
     user_id: str,
     store: StoreDep,
-    limit: Annotated[int | None, Query(ge=1, description="only the latest purchases")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, le=1_000_000, description="only the latest purchases")
+    ] = None,
 ) -> HistoryOut:
     history = store.history(user_id, limit)
     if not history:

@@ -8,6 +8,7 @@ can bring its own index up to date by following that log.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,16 +19,36 @@ class StoreError(Exception):
     """A request the store refused; nothing was written."""
 
 
-class UnknownItemsError(StoreError):
+class ChangesLost(StoreError):
+    """The change log no longer holds every change after a cursor (Redis trims its stream):
+    whoever follows from that cursor must rebuild from the store instead."""
+
+
+class ItemsRefused(StoreError):
+    """Refused because of these items; `status` is the HTTP answer that deserves."""
+
+    status = 409
+    reason = ""
+
     def __init__(self, item_ids: list[str]) -> None:
-        super().__init__(f"unknown item id(s): {item_ids}")
+        super().__init__(f"{self.reason}: {item_ids}")
         self.item_ids = item_ids
 
 
-class NotForSaleError(StoreError):
-    def __init__(self, item_ids: list[str]) -> None:
-        super().__init__(f"not for sale (sold out): {item_ids}")
-        self.item_ids = item_ids
+class UnknownItemsError(ItemsRefused):
+    status = 404
+    reason = "unknown item id(s)"
+
+
+class NotForSaleError(ItemsRefused):
+    reason = "not for sale (sold out)"
+
+
+class EditionExhaustedError(ItemsRefused):
+    """An upload's stock beyond what the edition has left unsold: a sold one-of-a-kind work
+    re-posted with stock 1 would be sold twice."""
+
+    reason = "stock is more than the edition has left unsold"
 
 
 @dataclass(frozen=True)
@@ -97,13 +118,47 @@ class Purchase:
 
 @dataclass(frozen=True)
 class Sale:
-    """What a recorded purchase changed: the keys of items whose stock reached zero."""
+    """What a recorded purchase changed: the keys of items whose stock reached zero.
+    `replayed`: an earlier request with the same idempotency key recorded it."""
 
     user_id: str
     item_ids: list[str]
     timestamp: float
     sold_out: list[str]
     sold_out_keys: list[int]
+    replayed: bool = False
+
+    def remembered(self) -> str:
+        """The sale as its idempotency key keeps it, for `replay`."""
+        fields = ("user_id", "item_ids", "timestamp", "sold_out", "sold_out_keys")
+        return json.dumps({name: getattr(self, name) for name in fields})
+
+
+# How long a purchase's idempotency key is remembered: a client retrying a purchase whose
+# answer it never saw (a timeout, a 503) within a day gets that purchase, not a second one.
+IDEMPOTENCY_SECONDS = 24 * 3600
+
+
+class IdempotencyKeyReused(StoreError):
+    """The idempotency key of an earlier purchase, sent with another user or other items."""
+
+
+def replay(remembered: str, user_id: str, item_ids: list[str]) -> Sale:
+    """The purchase an idempotency key recorded, when this request repeats it."""
+    sale = json.loads(remembered)
+    if sale["user_id"] != user_id or sale["item_ids"] != list(item_ids):
+        # Not saying which: whoever reuses a key must not learn someone else's purchase.
+        raise IdempotencyKeyReused(
+            "this Idempotency-Key was used within the last day for another purchase"
+        )
+    return Sale(
+        sale["user_id"],
+        sale["item_ids"],
+        float(sale["timestamp"]),
+        list(sale["sold_out"] or []),  # Lua's cjson writes an empty list as {}
+        list(sale["sold_out_keys"] or []),
+        replayed=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -134,7 +189,11 @@ class Store(Protocol):
     """
 
     def upsert_items(self, items: list[NewItem]) -> UpsertResult:
-        """Insert or replace a batch, all or nothing. A replaced item keeps its key and sales."""
+        """Insert or replace a batch, all or nothing. A replaced item keeps its key and sales.
+
+        Raises EditionExhaustedError when an item's given stock is more than its edition
+        (1 for one-of-a-kind) less the units already sold.
+        """
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         """The stored items among `item_ids` (unknown ids are simply absent)."""
@@ -167,11 +226,19 @@ class Store(Protocol):
     def delete_item(self, item_id: str) -> Item | None:
         """Take an item off the catalogue; it stays in histories. None when unknown."""
 
-    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+    def record_purchase(
+        self,
+        user_id: str,
+        item_ids: list[str],
+        timestamp: float,
+        idempotency_key: str | None = None,
+    ) -> Sale:
         """Append to the user's history and take stock, all or nothing.
 
         Raises UnknownItemsError for unknown or deleted ids and NotForSaleError when any
-        item (counting repeats in `item_ids` as units) has too little stock left.
+        item (counting repeats in `item_ids` as units) has too little stock left. With an
+        `idempotency_key` recorded in the last IDEMPOTENCY_SECONDS, nothing is written: the
+        sale it recorded comes back (`replay`), or IdempotencyKeyReused when it differs.
         """
 
     def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:
@@ -190,7 +257,8 @@ class Store(Protocol):
         """The position of the newest change; follow from here to see only later ones."""
 
     def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
-        """Keys changed after `cursor` (at most `limit` changes) and the cursor to go on from."""
+        """Keys changed after `cursor` (at most `limit` changes) and the cursor to go on from;
+        ChangesLost when some of them are no longer in the log."""
 
     def counts(self) -> Counts: ...
 

@@ -7,7 +7,8 @@ script back. The change log is a stream whose entry ids are the cursor other pro
 Layout, under PREFIX: `item:{id}` hashes; `keys` (index key -> id) and `key_counter`; `live`
 (ids not deleted); `newest` and `best_sellers`, sorted sets of the items for sale (scored by
 created_at and by units sold); `history:{user}` sorted sets scored by timestamp; `users`;
-`purchase_count`; the `changes` stream.
+`purchase_count`; the `changes` stream; `purchase_key:{key}`, a purchase's idempotency key
+(expiring after a day).
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ from collections.abc import Iterator
 
 import numpy as np
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.stores.base import (
+    IDEMPOTENCY_SECONDS,
     Catalogue,
+    ChangesLost,
     Counts,
+    EditionExhaustedError,
     IndexRecord,
     Item,
     NewItem,
@@ -34,6 +40,7 @@ from service.stores.base import (
     UpsertResult,
     as_blob,
     as_vector,
+    replay,
 )
 
 PREFIX = "curatornet:"
@@ -93,11 +100,25 @@ end
 """
 
 # ARGV: prefix, now, then id, artist_id, features, embedding, edition_size, stock, metadata,
-# model_version per item. Returns {key, created (0 or 1)} per item.
+# model_version per item. Returns {'exhausted', ids} having written nothing when a given stock
+# is more than the edition has left unsold, else {'ok', {key, created (0 or 1)} per item}.
 UPSERT = (
     COMMON
     + """
 local now = ARGV[2]
+local exhausted = {}
+for i = 3, #ARGV, 8 do
+  local id, edition, stock = ARGV[i], ARGV[i + 4], ARGV[i + 5]
+  if stock ~= '' then
+    local sold = tonumber(redis.call('HGET', item_key(id), 'sold') or '0')
+    if tonumber(stock) > (tonumber(edition) or 1) - sold then
+      table.insert(exhausted, id)
+    end
+  end
+end
+if #exhausted > 0 then
+  return {'exhausted', exhausted}
+end
 local result = {}
 for i = 3, #ARGV, 8 do
   local id, artist, features, embedding, edition, stock, metadata, version = unpack(ARGV, i, i + 7)
@@ -119,6 +140,7 @@ for i = 3, #ARGV, 8 do
       local left = units - tonumber(redis.call('HGET', item, 'sold'))
       stock = math.min(tonumber(redis.call('HGET', item, 'stock')), math.max(left, 0))
     end
+    stock = string.format('%d', stock)  -- as digits: Lua would write 1e+17 for a large one
   end
   redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
     'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
@@ -128,7 +150,7 @@ for i = 3, #ARGV, 8 do
   log_change(key)
   table.insert(result, {tonumber(key), created})
 end
-return result
+return {'ok', result}
 """
 )
 
@@ -166,14 +188,25 @@ return redis.call('HGETALL', item)
 """
 )
 
-# ARGV: prefix, user_id, timestamp, then the item ids (repeats are units). Returns
-# {'unknown', ids} or {'short', ids} having written nothing, or {'ok', sold_out, sold_out_keys}.
+# ARGV: prefix, user_id, timestamp, idempotency key ('' for none), seconds to remember it,
+# the sale as a JSON object but for what the script finds out (sold_out, sold_out_keys), then
+# the item ids (repeats are units). Returns
+# {'replay', remembered sale} or {'unknown', ids} or {'short', ids} having written nothing,
+# or {'ok', sold_out, sold_out_keys}.
 PURCHASE = (
     COMMON
     + """
-local user, timestamp = ARGV[2], ARGV[3]
+local user, timestamp, request_key = ARGV[2], ARGV[3], ARGV[4]
+local remembered = prefix .. 'purchase_key:' .. request_key
+if request_key ~= '' then
+  local sale = redis.call('GET', remembered)
+  if sale then
+    return {'replay', sale}
+  end
+end
+local first = 7
 local order, units = {}, {}
-for i = 4, #ARGV do
+for i = first, #ARGV do
   local id = ARGV[i]
   if not units[id] then
     table.insert(order, id)
@@ -214,10 +247,10 @@ for _, id in ipairs(order) do
     table.insert(sold_out_keys, found[id].key)
   end
 end
-local count = #ARGV - 3
+local count = #ARGV - first + 1
 if count > 0 then
   local seq = redis.call('INCRBY', prefix .. 'purchase_count', count) - count
-  for i = 4, #ARGV do
+  for i = first, #ARGV do
     seq = seq + 1
     redis.call('ZADD', prefix .. 'history:' .. user, timestamp,
       string.format('%020d:', seq) .. ARGV[i])
@@ -226,6 +259,12 @@ if count > 0 then
 end
 for _, key in ipairs(sold_out_keys) do
   log_change(key)
+end
+if request_key ~= '' then
+  -- spliced, not decoded: cjson would round the timestamp to 14 digits
+  local sale = string.sub(ARGV[6], 1, -2) .. ', "sold_out": ' .. cjson.encode(sold_out)
+    .. ', "sold_out_keys": ' .. cjson.encode(sold_out_keys) .. '}'
+  redis.call('SET', remembered, sale, 'EX', ARGV[5])
 end
 return {'ok', sold_out, sold_out_keys}
 """
@@ -241,6 +280,16 @@ def _chunks(values: list, size: int = CHUNK) -> Iterator[list]:
         yield values[start : start + size]
 
 
+def _count(raw: bytes | None) -> int:
+    """A stored count (stock, sold, an edition's size). Scripts write digits, but a store
+    written before they did can hold what Lua made of a large number ("1e+17"): it is read,
+    not left to fail every reader of the item and every change follower."""
+    try:
+        return int(raw or 0)
+    except ValueError:
+        return int(float(raw or 0))
+
+
 def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
     edition = fields[b"edition_size"]
     return Item(
@@ -249,9 +298,9 @@ def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
         artist_id=fields[b"artist_id"].decode(),
         features=as_vector(fields[b"features"]),
         embedding=as_vector(fields[b"embedding"]),
-        edition_size=int(edition) if edition else None,
-        stock=int(fields[b"stock"]),
-        sold=int(fields[b"sold"]),
+        edition_size=_count(edition) if edition else None,
+        stock=_count(fields[b"stock"]),
+        sold=_count(fields[b"sold"]),
         metadata=json.loads(fields[b"metadata"]),
         created_at=float(fields[b"created_at"]),
         updated_at=float(fields[b"updated_at"]),
@@ -260,7 +309,14 @@ def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
 
 
 def _for_sale(stock: bytes | None, deleted: bytes | None) -> bool:
-    return deleted == b"0" and int(stock or 0) > 0
+    return deleted == b"0" and _count(stock) > 0
+
+
+def _entry_id(raw: bytes | str) -> tuple[int, int]:
+    """A stream entry id ("1700000000000-3") as a pair that orders as Redis orders ids."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    milliseconds, sequence = text.split("-")
+    return int(milliseconds), int(sequence)
 
 
 def _ids_from_members(members: list[bytes]) -> list[str]:
@@ -270,7 +326,12 @@ def _ids_from_members(members: list[bytes]) -> list[str]:
 class RedisStore(Store):
     def __init__(self, url: str) -> None:
         # Bytes in and out: embeddings are raw float32, so strings are decoded here instead.
-        self._redis = redis.Redis.from_url(url, decode_responses=False)
+        # No retries: redis-py would resend a command whose connection broke, and a purchase
+        # script may have been applied before it broke. A failure is the caller's 503 instead,
+        # and a client retries a purchase with its Idempotency-Key.
+        self._redis = redis.Redis.from_url(
+            url, decode_responses=False, retry=Retry(NoBackoff(), 0), socket_timeout=5
+        )
         self._upsert = self._redis.register_script(UPSERT)
         self._delete = self._redis.register_script(DELETE)
         self._purchase = self._redis.register_script(PURCHASE)
@@ -291,10 +352,13 @@ class RedisStore(Store):
                 json.dumps(item.metadata),
                 item.model_version,
             ]
+        status, result = self._upsert(args=args)
+        if status == b"exhausted":
+            raise EditionExhaustedError([i.decode() for i in result])
         created: list[str] = []
         updated: list[str] = []
         keys: list[int] = []
-        for item, (key, is_new) in zip(items, self._upsert(args=args), strict=True):
+        for item, (key, is_new) in zip(items, result, strict=True):
             (created if is_new else updated).append(item.id)
             keys.append(key)
         return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
@@ -389,11 +453,30 @@ class RedisStore(Store):
             return None
         return _hash_to_item(dict(zip(fields[::2], fields[1::2], strict=True)))
 
-    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+    def record_purchase(
+        self,
+        user_id: str,
+        item_ids: list[str],
+        timestamp: float,
+        idempotency_key: str | None = None,
+    ) -> Sale:
         # Redis refuses a NaN score, which the script would only learn after taking stock.
         if math.isnan(timestamp):
             raise ValueError("a purchase timestamp cannot be NaN")
-        status, *result = self._purchase(args=[PREFIX, user_id, float(timestamp), *item_ids])
+        asked = {"user_id": user_id, "item_ids": list(item_ids), "timestamp": float(timestamp)}
+        status, *result = self._purchase(
+            args=[
+                PREFIX,
+                user_id,
+                float(timestamp),
+                idempotency_key or "",
+                IDEMPOTENCY_SECONDS,
+                json.dumps(asked),
+                *item_ids,
+            ]
+        )
+        if status == b"replay":
+            return replay(result[0], user_id, item_ids)
         if status == b"unknown":
             raise UnknownItemsError([i.decode() for i in result[0]])
         if status == b"short":
@@ -442,16 +525,38 @@ class RedisStore(Store):
         return _ids_from_members(self._redis.zrevrange(NEWEST, 0, limit - 1))
 
     def change_cursor(self) -> str:
-        last = self._redis.xrevrange(CHANGES, count=1)
-        return last[0][0].decode() if last else "0-0"
+        # The newest id ever logged, kept even when trimming emptied the stream: a cursor of
+        # 0-0 there would read as having missed every trimmed entry.
+        try:
+            return self._redis.xinfo_stream(CHANGES)["last-generated-id"].decode()
+        except redis.ResponseError:  # no stream yet: nothing was ever logged
+            return "0-0"
 
     def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
         if limit < 1:
             return cursor, []
+        self._check_not_trimmed(cursor)
         entries = self._redis.xrange(CHANGES, f"({cursor}", "+", count=limit)
         if not entries:
             return cursor, []
         return entries[-1][0].decode(), [int(fields[b"key"]) for _, fields in entries]
+
+    def _check_not_trimmed(self, cursor: str) -> None:
+        """ChangesLost when MAXLEN trimmed the stream past `cursor`. A cursor is an entry's id
+        (or 0-0 before the first): entries were lost when the oldest one kept is younger than
+        it (for 0-0: when any was trimmed at all), or, with none kept, when any came after it."""
+        try:
+            info = self._redis.xinfo_stream(CHANGES)
+        except redis.ResponseError:  # no stream yet: nothing was ever logged
+            return
+        after = _entry_id(cursor)
+        if info["first-entry"] is None:
+            lost = _entry_id(info["last-generated-id"]) > after
+        else:
+            trimmed = int(info["entries-added"]) > int(info["length"])
+            lost = _entry_id(info["first-entry"][0]) > after and (cursor != "0-0" or trimmed)
+        if lost:
+            raise ChangesLost(f"the change stream was trimmed past {cursor}")
 
     def counts(self) -> Counts:
         pipe = self._redis.pipeline(transaction=True)  # one consistent snapshot

@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from service.stores.base import (
+    IDEMPOTENCY_SECONDS,
     Catalogue,
     Counts,
+    EditionExhaustedError,
     IndexRecord,
     Item,
     NewItem,
@@ -32,6 +34,7 @@ from service.stores.base import (
     UpsertResult,
     as_blob,
     as_vector,
+    replay,
 )
 
 SCHEMA = """
@@ -63,6 +66,12 @@ CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS purchase_keys (
+    key TEXT PRIMARY KEY,
+    sale TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS purchase_keys_by_age ON purchase_keys (created_at);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key INTEGER NOT NULL
@@ -116,14 +125,18 @@ def _row_to_item(row: tuple) -> Item:
 
 
 class SQLiteStore(Store):
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, synchronous: str = "NORMAL") -> None:
+        """`synchronous`: NORMAL (WAL's default here) can lose the last commits to a power
+        loss, never to a crash of the process; FULL syncs every commit first."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
         path = path_from_url(url)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
         with self._lock:
             self._db.executescript(SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
@@ -152,6 +165,11 @@ class SQLiteStore(Store):
         now = time.time()
         created, updated, keys = [], [], []
         with self._write() as db:
+            exhausted = [
+                i.id for i in items if i.stock is not None and self._unsold(db, i) < i.stock
+            ]
+            if exhausted:
+                raise EditionExhaustedError(exhausted)
             for item in items:
                 values = (
                     item.artist_id,
@@ -185,6 +203,12 @@ class SQLiteStore(Store):
                 keys.append(row[0])
             db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in keys])
         return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
+
+    @staticmethod
+    def _unsold(db: sqlite3.Connection, item: NewItem) -> int:
+        """What `item`'s edition (1 for one-of-a-kind) leaves after the units already sold."""
+        row = db.execute("SELECT sold FROM items WHERE id = ?", (item.id,)).fetchone()
+        return (item.edition_size or 1) - (row[0] if row else 0)
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         condition = "1" if include_deleted else "deleted = 0"
@@ -265,9 +289,25 @@ class SQLiteStore(Store):
                 db.execute("INSERT INTO changes (key) VALUES (?)", (row[0],))
         return None if row is None else _row_to_item(row)
 
-    def record_purchase(self, user_id: str, item_ids: list[str], timestamp: float) -> Sale:
+    def record_purchase(
+        self,
+        user_id: str,
+        item_ids: list[str],
+        timestamp: float,
+        idempotency_key: str | None = None,
+    ) -> Sale:
         units = Counter(item_ids)
         with self._write() as db:
+            if idempotency_key is not None:
+                now = time.time()
+                db.execute(
+                    "DELETE FROM purchase_keys WHERE created_at < ?", (now - IDEMPOTENCY_SECONDS,)
+                )
+                seen = db.execute(
+                    "SELECT sale FROM purchase_keys WHERE key = ?", (idempotency_key,)
+                ).fetchone()
+                if seen is not None:
+                    return replay(seen[0], user_id, item_ids)
             marks = ",".join("?" * len(units))
             rows = db.execute(
                 f"SELECT id, key, stock FROM items WHERE deleted = 0 AND id IN ({marks})",
@@ -291,7 +331,13 @@ class SQLiteStore(Store):
             sold_out = [i for i, n in units.items() if stock[i][1] == n]
             sold_out_keys = [stock[i][0] for i in sold_out]
             db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in sold_out_keys])
-        return Sale(user_id, list(item_ids), timestamp, sold_out, sold_out_keys)
+            sale = Sale(user_id, list(item_ids), timestamp, sold_out, sold_out_keys)
+            if idempotency_key is not None:
+                db.execute(
+                    "INSERT INTO purchase_keys (key, sale, created_at) VALUES (?, ?, ?)",
+                    (idempotency_key, sale.remembered(), now),
+                )
+        return sale
 
     def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:
         rows = self._read(

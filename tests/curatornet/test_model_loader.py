@@ -183,3 +183,32 @@ def test_an_encoder_onnx_runtime_cannot_open_is_named(picture_model: Path) -> No
     (encoders / "efficientnet-lite0.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match=r"efficientnet-lite0\.onnx: ONNX Runtime cannot load it"):
         load_model(picture_model)
+
+
+@pytest.mark.parametrize("tower", ["item_tower", "user_tower"])
+def test_a_tower_file_outside_the_model_directory_is_refused(model_copy: Path, tower: str) -> None:
+    """Not read, not hashed: the error must not tell anything about the file it names."""
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    manifest[tower]["file"] = "../../../../../../etc/passwd"
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="outside") as error:
+        load_model(model_copy)
+    assert "sha256" not in str(error.value)
+
+
+def test_files_an_encoder_manifest_names_stay_inside_their_directories(
+    picture_model: Path,
+) -> None:
+    path = picture_model / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["feature_extractor"]["manifest"] = "../../../../../../etc/hostname"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="outside"):
+        load_model(picture_model)
+    manifest["feature_extractor"]["manifest"] = "../encoders/efficientnet-lite0.json"
+    path.write_text(json.dumps(manifest))
+    encoder = picture_model.parent / "encoders" / "efficientnet-lite0.json"
+    named = json.loads(encoder.read_text())
+    encoder.write_text(json.dumps({**named, "file": "../../../../../../etc/hostname"}))
+    with pytest.raises(ModelError, match="outside"):
+        load_model(picture_model)

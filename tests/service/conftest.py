@@ -20,19 +20,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_redis(directory: Path) -> tuple[subprocess.Popen, int]:
-    """A real redis-server on a free port, without persistence, answering PING."""
+def start_redis(
+    directory: Path, port: int | None = None, appendfsync: str | None = None
+) -> tuple[subprocess.Popen, int]:
+    """A real redis-server answering PING: on a free port unless given one (a restart), and
+    without persistence unless `appendfsync` turns its append-only file on."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed (.ci/run installs it with apt-get)")
-    port = free_port()
-    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    port = port or free_port()
+    aof = ["--appendonly", "yes", "--appendfsync", appendfsync] if appendfsync else []
+    arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    arguments += aof or ["--appendonly", "no"]
     arguments += ["--dir", str(directory), "--databases", "64"]
     process = subprocess.Popen(
         [binary, *arguments], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         try:
             client.ping()

@@ -28,7 +28,7 @@ def market(tiny_market_dir: Path) -> Dataset:
 
 @contextmanager
 def running(store_url: str, **settings) -> Iterator[TestClient]:
-    app = create_app(Settings(model_dir=FEATURES_MODEL, store_url=store_url, **settings))
+    app = create_app(Settings(**{"model_dir": FEATURES_MODEL, "store_url": store_url, **settings}))
     with TestClient(app) as client:
         yield client
 
@@ -235,9 +235,29 @@ def test_writes_need_the_api_key_when_one_is_configured(store_url: str) -> None:
         purchase = {"user_id": "u", "item_ids": ["a"]}
         assert client.post("/purchases", json=purchase).status_code == 401
         assert client.delete("/items/a").status_code == 401
-        assert client.get("/items/a").status_code == 200  # reads stay open
+        assert client.get("/items/a").status_code == 200  # the catalogue stays open
+        assert (
+            client.post("/purchases", json=purchase, headers={"X-API-Key": KEY}).status_code == 201
+        )
+        assert client.get("/users/u/history").status_code == 401  # histories are personal
+        assert client.get("/users/u/history", headers={"X-API-Key": "no"}).status_code == 403
+        assert client.get("/users/u/history", headers={"X-API-Key": KEY}).status_code == 200
         assert recommend(client, history=["a"])["strategy"] == "personalized"
         assert client.delete("/items/a", headers={"X-API-Key": KEY}).status_code == 200
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "shop.example"])
+def test_a_service_other_machines_reach_needs_a_key(host: str, caplog, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="without CURATORNET_API_KEY would let anyone"):
+        Settings(host=host)
+    assert Settings(host=host, api_key=KEY).api_key is not None
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    allowed = Settings(host=host, allow_anonymous=True, model_dir=FEATURES_MODEL, store_url=store)
+    with caplog.at_level("WARNING", logger="service"), TestClient(create_app(allowed)):
+        pass
+    assert "without an API key" in caplog.text
+    for loopback in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert Settings(host=loopback).api_key is None
 
 
 def test_deleted_item_leaves_the_index_at_once(client: TestClient, market: Dataset) -> None:

@@ -61,7 +61,8 @@ def client(image_model: Path, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def form_upload(client: TestClient, data: bytes, **fields: str):
-    files = {"image": ("work.jpg", data, "image/jpeg")}
+    kind = "image/png" if data.startswith(b"\x89PNG") else "image/jpeg"
+    files = {"image": ("work", data, kind)}
     return client.post("/items", data={"id": "w1", "artist_id": "a1", **fields}, files=files)
 
 
@@ -115,6 +116,68 @@ def test_too_many_pixels_and_form_mistakes(client: TestClient) -> None:
     assert bad_metadata.status_code == 422
     assert "metadata" in bad_metadata.text
     assert client.get("/readyz").json()["index_size"] == 0
+
+
+def test_a_picture_gets_the_same_status_as_json_and_as_a_form(client: TestClient) -> None:
+    """Too many pixels is a 413 and a GIF a 415 however the picture came."""
+    for data, status in ((png(2000, 1500), 413), (picture(format_="GIF"), 415)):
+        as_form = form_upload(client, data)
+        body = {"id": "w1", "artist_id": "a", "image_b64": base64.b64encode(data).decode()}
+        as_json = client.post("/items", json=body)
+        assert (as_form.status_code, as_json.status_code) == (status, status), as_json.text
+        assert as_json.json()["detail"] == as_form.json()["detail"]
+    assert client.get("/items/w1").status_code == 404
+
+
+@pytest.mark.parametrize(("format_", "declared"), [("JPEG", "image/png"), ("PNG", "image/webp")])
+def test_a_picture_must_be_what_its_content_type_says(
+    client: TestClient, format_: str, declared: str
+) -> None:
+    data = picture(format_=format_)
+    files = {"image": ("work", data, declared)}
+    response = client.post("/items", data={"id": "w1", "artist_id": "a"}, files=files)
+    assert response.status_code == 415, response.text
+    assert f"image sent as {declared}" in response.text
+    assert client.get("/items/w1").status_code == 404
+    files = {"image": ("work", data, "application/octet-stream")}  # no claim: no check
+    assert (
+        client.post("/items", data={"id": "w1", "artist_id": "a"}, files=files).status_code == 200
+    )
+
+
+def png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("size", [(20_000, 1), (1, 20_000), (2_000, 1), (2_100, 100)])
+def test_thin_pictures_are_refused_before_they_are_resized(
+    client: TestClient, size: tuple[int, int]
+) -> None:
+    """A 20000 x 1 PNG is 141 bytes, but resizing its short side to 256 would make it
+    5,120,000 x 256 pixels (5 GB); it is refused, as multipart and as base64, in no time."""
+    data = png(*size)
+    assert len(data) < 2_000
+    as_form = form_upload(client, data)
+    assert as_form.status_code == 422, as_form.text
+    assert "at most 20 times the other" in as_form.text
+    as_json = {"id": "w1", "artist_id": "a", "image_b64": base64.b64encode(data).decode()}
+    response = client.post("/items", json=as_json)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", "image_b64"]
+    assert client.get("/items/w1").status_code == 404
+
+
+def test_a_picture_twenty_times_as_wide_as_high_is_still_taken(client: TestClient) -> None:
+    assert form_upload(client, png(2_000, 100)).status_code == 200
+
+
+def test_base64_that_is_not_ascii_is_a_422(client: TestClient) -> None:
+    response = client.post("/items", json={"id": "w1", "artist_id": "a", "image_b64": "é" * 8})
+    assert response.status_code == 422, response.text
+    assert "not base64" in response.text
+    assert client.get("/items/w1").status_code == 404
 
 
 def test_a_bad_image_in_a_batch_refuses_the_whole_batch(client: TestClient) -> None:

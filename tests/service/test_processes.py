@@ -9,9 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.service.helpers import LiveService, random_item
-
-SYNC_DEADLINE_S = 1.0
+from tests.service.helpers import SYNC_DEADLINE_S, LiveService, random_item
 
 
 @pytest.fixture
@@ -42,7 +40,7 @@ def wait_until(condition, deadline_s: float = SYNC_DEADLINE_S) -> float:
     return time.monotonic() - started
 
 
-def test_changes_through_one_process_reach_the_other_within_a_second(pair) -> None:
+def test_changes_through_one_process_reach_the_other(pair) -> None:
     first, second = pair
     catalogue = [random_item(f"w{i}", seed=i) for i in range(30)]
     assert first.client.post("/items", json={"items": catalogue}).status_code == 200

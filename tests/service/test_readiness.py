@@ -1,15 +1,19 @@
-"""Readiness follows the store: a Redis server that goes away makes /readyz answer 503."""
+"""Readiness follows the store: a Redis server that goes away, or a change follower that
+fails or falls behind, makes /readyz answer 503."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from service.stores.redis import PREFIX
 from tests.service.conftest import start_redis
-from tests.service.helpers import FEATURES_MODEL
+from tests.service.helpers import FEATURES_MODEL, eventually, random_item
+from tests.service.test_api import post_items, running
 
 
 def test_readyz_reports_an_unreachable_store(tmp_path: Path) -> None:
@@ -27,3 +31,39 @@ def test_readyz_reports_an_unreachable_store(tmp_path: Path) -> None:
     finally:
         server.kill()
         server.wait(timeout=10)
+
+
+def test_a_follower_behind_the_trimmed_stream_rebuilds(redis_server: str) -> None:
+    """Redis trims the change stream (MAXLEN): a process whose cursor fell out of it must
+    notice the gap and rebuild from the store, not serve a stale index until restarted."""
+    url = f"{redis_server}/62"
+    redis.Redis.from_url(url).flushdb()
+    with running(url) as writer, running(url, sync_interval_s=2) as reader:
+        post_items(writer, [random_item("first")])
+        assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 1)
+        post_items(writer, [random_item(f"w{n}", seed=n) for n in range(5)])
+        redis.Redis.from_url(url).xtrim(f"{PREFIX}changes", maxlen=0)  # before the reader's tick
+        assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 6)
+        assert reader.get("/items/w4/similar").status_code == 200
+
+
+def test_readyz_reports_a_failing_follower(redis_server: str) -> None:
+    """A change no follower can apply (an embedding of 3 bytes) makes every process's
+    follower fail each tick: /readyz says so until the record is mended."""
+    url = f"{redis_server}/61"
+    redis.Redis.from_url(url).flushdb()
+    with running(url) as writer, running(url) as reader:
+        post_items(writer, [random_item("fine")])
+        assert eventually(lambda: reader.get("/readyz").status_code == 200)
+        raw = redis.Redis.from_url(url)
+        item = f"{PREFIX}item:fine"
+        embedding, key = raw.hmget(item, "embedding", "key")
+        raw.hset(item, mapping={"embedding": b"abc", "updated_at": "1"})
+        raw.xadd(f"{PREFIX}changes", {"key": key})
+        assert eventually(lambda: reader.get("/readyz").status_code == 503)
+        behind = reader.get("/readyz").json()
+        assert behind["status"] == "behind"
+        assert "ValueError" in behind["follower"]
+        raw.hset(item, "embedding", embedding)
+        assert eventually(lambda: reader.get("/readyz").status_code == 200)
+        assert reader.get("/items/fine/similar").status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from service.config import Settings
 from service.indexing import FeatureDimensionMismatch
 from tests.service.helpers import (
     FEATURES_MODEL,
+    SYNC_DEADLINE_S,
     LiveService,
     exported,
     random_item,
@@ -38,8 +40,13 @@ KEY = "admin-key"
 
 
 def app_for(store_url: str, model_dir: Path, **settings) -> TestClient:
-    """The app with a key configured (administration needs one) and a client that sends it."""
-    settings = {"api_key": KEY, **settings}
+    """The app with keys configured (administration needs one) and a client that sends it."""
+    settings = {
+        "api_key": KEY,
+        "admin_key": KEY,
+        "models_root": Path(tempfile.gettempdir()),
+        **settings,
+    }
     app = create_app(Settings(model_dir=model_dir, store_url=store_url, **settings))
     return TestClient(app, headers={"X-API-Key": KEY})
 
@@ -96,9 +103,10 @@ def test_version_1_and_multi_interest_models_roll_out_both_ways(
     """A model exported before interests existed (format version 1, one user vector) is
     served, explains, and hands over to the shipped multi-interest model and back."""
     version_1 = version_1_copy(exported(tmp_path / "paper", 2048, 32), tmp_path / "v1")
+    shipped = Path(shutil.copytree(FEATURES_MODEL, tmp_path / "shipped"))  # in the models root
     with app_for(store_url, version_1) as client:
         load_catalogue(client)
-        for model_dir, interests in ((FEATURES_MODEL, 4), (version_1, 1)):
+        for model_dir, interests in ((shipped, 4), (version_1, 1)):
             explained = client.post("/recommend", json={"user_id": "u", "k": 5, "explain": True})
             assert explained.status_code == 200, explained.text
             items = explained.json()["items"]
@@ -120,7 +128,8 @@ def test_a_model_for_other_features_is_refused(store_url: str, narrow_model: Pat
         refused = client.post("/admin/model", json={"model_dir": str(narrow_model)})
         assert refused.status_code == 409
         assert "takes 16-d features, but the stored artworks have 2048-d" in refused.text
-        missing = client.post("/admin/model", json={"model_dir": "/nowhere"})
+        nowhere = Path(tempfile.gettempdir()) / "nowhere"
+        missing = client.post("/admin/model", json={"model_dir": str(nowhere)})
         assert missing.status_code == 422
         assert "manifest.json" in missing.text
         assert client.get("/model").json()["version"] == version  # still serving
@@ -158,7 +167,7 @@ def test_retraining_into_the_same_directory_reaches_every_process(
         refused = first.post("/admin/model", json={"model_dir": str(garbled)})
         assert refused.status_code == 422
         first.post("/items", json=random_item("after", seed=7))
-        deadline = time.monotonic() + 1
+        deadline = time.monotonic() + SYNC_DEADLINE_S
         while second.get("/items/after/similar").status_code != 200 or (
             second.get("/readyz").json()["index_size"] != 28
         ):
@@ -168,28 +177,32 @@ def test_retraining_into_the_same_directory_reaches_every_process(
 
 def test_rollout_needs_a_configured_key(store_url: str, other_model: Path) -> None:
     body = {"model_dir": str(other_model)}
-    with app_for(store_url, FEATURES_MODEL) as client:
+    with app_for(store_url, FEATURES_MODEL, api_key="writes") as client:
         anonymous = TestClient(client.app)  # same running app, no key sent
         assert anonymous.post("/admin/model", json=body).status_code == 401
         wrong = anonymous.post("/admin/model", json=body, headers={"X-API-Key": "no"})
         assert wrong.status_code == 403
         assert client.post("/admin/model", json=body).status_code == 200
-    with app_for(store_url, FEATURES_MODEL, api_key=None) as open_service:
+        writer = anonymous.post("/admin/model", json=body, headers={"X-API-Key": "writes"})
+        assert writer.status_code == 403  # the write key is not the admin key
+    with app_for(store_url, FEATURES_MODEL, admin_key=None) as open_service:
         closed = open_service.post("/admin/model", json=body)
         assert closed.status_code == 403
-        assert "set CURATORNET_API_KEY" in closed.text
+        assert "set CURATORNET_ADMIN_KEY" in closed.text
 
 
 def test_the_fleet_follows_and_keeps_answering(store_url: str, other_model: Path) -> None:
     """Two processes on one store: roll out through one, the other follows; no request fails."""
-    first = LiveService(store_url, CURATORNET_API_KEY=KEY)
-    second = LiveService(store_url, CURATORNET_API_KEY=KEY)
+    root = tempfile.gettempdir()
+    keys = {"CURATORNET_API_KEY": KEY, "CURATORNET_ADMIN_KEY": KEY}
+    first = LiveService(store_url, CURATORNET_MODELS_ROOT=root, **keys)
+    second = LiveService(store_url, CURATORNET_MODELS_ROOT=root, **keys)
     first.client.headers["X-API-Key"] = KEY
     try:
         items = [random_item(f"w{i}", seed=i) for i in range(300)]
         first.client.post("/items", json={"items": items})
         first.client.post("/purchases", json={"user_id": "u", "item_ids": ["w0"]})
-        synced_by = time.monotonic() + 1
+        synced_by = time.monotonic() + SYNC_DEADLINE_S
         while second.client.get("/readyz").json()["index_size"] != 299:
             assert time.monotonic() < synced_by
             time.sleep(0.05)
@@ -220,3 +233,18 @@ def test_the_fleet_follows_and_keeps_answering(store_url: str, other_model: Path
     finally:
         first.stop()
         second.stop()
+
+
+def test_only_directories_inside_the_models_root_are_rolled_out(
+    store_url: str, other_model: Path, tmp_path: Path
+) -> None:
+    with app_for(store_url, FEATURES_MODEL, models_root=tmp_path / "root") as client:
+        version = client.get("/model").json()["version"]
+        for outside in (str(other_model), "/etc", str(tmp_path / "root" / ".." / "x")):
+            refused = client.post("/admin/model", json={"model_dir": outside})
+            assert refused.status_code == 422, refused.text
+            assert "outside the models root" in refused.text
+        assert client.get("/model").json()["version"] == version
+    with app_for(store_url, FEATURES_MODEL, models_root=other_model.parent) as client:
+        taken = client.post("/admin/model", json={"model_dir": str(other_model)})
+        assert taken.status_code == 200, taken.text

@@ -263,3 +263,16 @@ def test_settings_and_an_empty_store(store: Store) -> None:
 def test_unsupported_url_is_refused() -> None:
     with pytest.raises(ValueError, match="unsupported store URL"):
         open_store("postgres://x")
+
+
+@pytest.mark.parametrize("synchronous", ["NORMAL", "FULL"])
+def test_sqlite_takes_either_durability_setting(tmp_path, synchronous: str) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(url, synchronous)
+    store.upsert_items([new_item("x")])
+    store.close()
+    reopened = open_store(url)
+    assert reopened.get_items(["x"])["x"].stock == 1
+    reopened.close()
+    with pytest.raises(ValueError, match="NORMAL or FULL"):
+        open_store(url, "OFF")

@@ -1,0 +1,145 @@
+"""Faults as tests (issue 15): Redis SIGKILLed and restarted under writes, a service process
+SIGKILLed mid-batch. Writes answer 503 with Retry-After while the store is gone, nothing
+acknowledged is lost, and every process recovers and agrees without a restart.
+
+Deadlines are generous and polled: these run on loaded 2-core machines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.service.conftest import start_redis
+from tests.service.helpers import LiveService, eventually, random_item
+from tests.service.test_api import post_items, running
+
+
+def test_a_redis_outage_is_a_fast_503_and_the_service_recovers(tmp_path: Path) -> None:
+    process, port = start_redis(tmp_path, appendfsync="always")
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        with running(url) as client:
+            post_items(client, [random_item("before")])
+            process.kill()
+            process.wait()
+            started = time.monotonic()
+            during = [
+                client.post("/items", json=random_item("during", seed=1)),
+                client.post("/purchases", json={"user_id": "u", "item_ids": ["before"]}),
+                client.delete("/items/before"),
+                client.get("/items/before"),
+                client.get("/users/u/history"),
+                client.post("/recommend", json={"user_id": "u"}),
+                client.get("/readyz"),
+            ]
+            assert time.monotonic() - started < 10
+            for response in during:
+                assert response.status_code == 503, response.text
+            assert all(r.headers["retry-after"] == "1" for r in during[:-1])
+            process, _ = start_redis(tmp_path, port=port, appendfsync="always")
+            assert eventually(lambda: client.get("/readyz").status_code == 200, 30)
+            assert client.get("/items/before").json()["stock"] == 1  # the sale never happened
+            assert client.get("/items/during").status_code == 404
+            post_items(client, [random_item("after", seed=2)])
+            assert eventually(lambda: client.get("/readyz").json()["index_size"] == 2)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _write_until(service: LiveService, prefix: str, stop: threading.Event, log: dict) -> None:
+    """Upload works one by one until stopped, noting which were acknowledged and how each
+    other request ended; a transport error (a reset connection) is noted too."""
+    with httpx.Client(base_url=service.url, timeout=30) as http:
+        n = 0
+        while not stop.is_set():
+            item_id = f"{prefix}-{n}"
+            n += 1
+            try:
+                response = http.post("/items", json=random_item(item_id, seed=n, dim=2048))
+            except httpx.TransportError as error:
+                log["transport"].append(repr(error))
+                continue
+            if response.status_code == 200:
+                log["acknowledged"].append(item_id)
+            else:
+                log["refused"].append((response.status_code, response.headers.get("retry-after")))
+
+
+def test_redis_killed_under_writes_from_two_processes_loses_nothing(tmp_path: Path) -> None:
+    process, port = start_redis(tmp_path, appendfsync="always")
+    url = f"redis://127.0.0.1:{port}/0"
+    services = [LiveService(url), LiveService(url)]
+    stop = threading.Event()
+    log: dict[str, list] = {"acknowledged": [], "refused": [], "transport": []}
+    writers = [
+        threading.Thread(target=_write_until, args=(service, f"p{n}", stop, log))
+        for n, service in enumerate(services)
+    ]
+    try:
+        for writer in writers:
+            writer.start()
+        assert eventually(lambda: len(log["acknowledged"]) >= 20)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        time.sleep(1.0)
+        process, _ = start_redis(tmp_path, port=port, appendfsync="always")
+        acknowledged_at_restart = len(log["acknowledged"])
+        assert eventually(lambda: len(log["acknowledged"]) >= acknowledged_at_restart + 20)
+        stop.set()
+        for writer in writers:
+            writer.join(timeout=60)
+        assert log["transport"] == []
+        assert log["refused"], "no write met the outage"
+        assert set(log["refused"]) == {(503, "1")}
+        store = redis.Redis(port=port)
+        stored = {
+            key.decode().removeprefix("curatornet:item:")
+            for key in store.scan_iter("curatornet:item:*")
+        }
+        assert set(log["acknowledged"]) <= stored
+        for service in services:
+            assert eventually(
+                lambda s=service: s.client.get("/readyz").json()["index_size"] == len(stored)
+            ), service.client.get("/readyz").json()
+    finally:
+        stop.set()
+        for service in services:
+            service.stop()
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
+def test_a_process_killed_mid_batch_stored_all_or_nothing(tmp_path: Path, delay: float) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    service = LiveService(url)
+    items = [random_item(f"w{i}", seed=i) for i in range(1000)]
+    sender = threading.Thread(
+        target=lambda: _post_ignoring_resets(service.url, {"items": items}), daemon=True
+    )
+    sender.start()
+    time.sleep(delay)
+    service.process.send_signal(signal.SIGKILL)
+    service.process.wait()
+    sender.join(timeout=60)
+    restarted = LiveService(url)
+    try:
+        size = restarted.client.get("/readyz").json()["index_size"]
+        stored = sum(restarted.client.get(f"/items/w{i}").status_code == 200 for i in (0, 499, 999))
+        assert (size, stored) in {(0, 0), (1000, 3)}
+    finally:
+        restarted.stop()
+
+
+def _post_ignoring_resets(url: str, body: dict) -> None:
+    with contextlib.suppress(httpx.TransportError):  # the process is killed under the request
+        httpx.post(f"{url}/items", json=body, timeout=60)
