@@ -57,7 +57,11 @@ WARM_REQUESTS = 20  # discarded before each one-at-a-time series
 START_TIMEOUT_S = 600.0
 SETTLE_S = 1.0  # pause between "all workers started" and reading their memory
 METRIC_SCRAPES = 10  # fresh connections to /metrics, to reach each worker's gauge
-REBUILD_LOG = re.compile(r"index \((\w+)\) rebuilt from the store with (\d+) items in ([\d.]+) s")
+# service/app.py's start-up line: "index (flat) built from the store with N items (M
+# re-embedded by this model) in S s".
+REBUILD_LOG = re.compile(
+    r"index \((\w+)\) built from the store with (\d+) items(?: \([^)]*\))? in ([\d.]+) s"
+)
 STARTED_LOG = "Application startup complete."  # uvicorn's, once per worker process
 REBUILD_METRIC = re.compile(r"^curatornet_index_rebuild_seconds (\S+)$", re.MULTILINE)
 
