@@ -8,16 +8,20 @@ Deadlines are generous and polled: these run on loaded 2-core machines.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
+from fastapi.testclient import TestClient
 
-from tests.service.conftest import start_redis
+from tests.service.conftest import free_port, start_redis
 from tests.service.helpers import LiveService, eventually, random_item
 from tests.service.test_api import post_items, running
 
@@ -143,3 +147,75 @@ def test_a_process_killed_mid_batch_stored_all_or_nothing(tmp_path: Path, delay:
 def _post_ignoring_resets(url: str, body: dict) -> None:
     with contextlib.suppress(httpx.TransportError):  # the process is killed under the request
         httpx.post(f"{url}/items", json=body, timeout=60)
+
+
+def test_only_outages_of_redis_answer_503(tmp_path: Path) -> None:
+    """A read-only replica, a full memory and a failed save (MISCONF) pass: 503. A wrong
+    password passes for no retry: once the stale pooled connections are spent, a 500."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    process, port = start_redis(directory)
+    raw = redis.Redis(port=port)
+    try:
+        with running(f"redis://127.0.0.1:{port}/0") as started:
+            client = TestClient(started.app, raise_server_exceptions=False)
+            post_items(client, [random_item("w")])
+            sale = {"user_id": "u", "item_ids": ["w"]}
+
+            def refused(change: Callable[[], object], undo: Callable[[], object]) -> None:
+                change()
+                try:
+                    response = client.post("/purchases", json=sale)
+                    assert response.status_code == 503, response.text
+                    assert response.headers["retry-after"] == "1"
+                finally:
+                    undo()
+
+            refused(
+                lambda: raw.replicaof("127.0.0.1", free_port()), lambda: raw.replicaof("NO", "ONE")
+            )
+            refused(lambda: raw.config_set("maxmemory", 1), lambda: raw.config_set("maxmemory", 0))
+            raw.config_set("save", "3600 1")
+            shutil.rmtree(directory)
+            refused(lambda: _saved(raw, "err"), lambda: (directory.mkdir(), _saved(raw, "ok")))
+            assert client.get("/items/w").json()["stock"] == 1  # nothing was sold meanwhile
+
+            raw.config_set("requirepass", "secret")
+            raw.client_kill_filter(_type="normal", skipme=True)
+            answers = [client.get("/items/w").status_code for _ in range(20)]
+            assert 500 in answers, answers
+            assert set(answers[answers.index(500) :]) == {500}
+            assert set(answers[: answers.index(500)]) <= {503}
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _saved(raw: redis.Redis, status: str) -> None:
+    """Runs BGSAVE and waits for it to end with `status` ("ok" or "err")."""
+    raw.bgsave()
+    assert eventually(
+        lambda: (
+            raw.info("persistence")["rdb_bgsave_in_progress"] == 0
+            and raw.info("persistence")["rdb_last_bgsave_status"] == status
+        )
+    )
+
+
+def test_only_a_locked_sqlite_answers_503(tmp_path: Path) -> None:
+    """SQLite's busy or locked is an outage (503, after its busy timeout, shortened here);
+    a missing table is a defect (500), not something to retry."""
+    path = tmp_path / "store.db"
+    with running(f"sqlite:///{path}") as started:
+        client = TestClient(started.app, raise_server_exceptions=False)
+        post_items(client, [random_item("w")])
+        started.app.state.store._db.execute("PRAGMA busy_timeout = 100")
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        locked = client.post("/purchases", json={"user_id": "u", "item_ids": ["w"]})
+        assert locked.status_code == 503, locked.text
+        other.execute("ROLLBACK")
+        other.execute("DROP TABLE purchases")
+        other.close()
+        broken = client.post("/purchases", json={"user_id": "u", "item_ids": ["w"]})
+        assert broken.status_code == 500, broken.text
