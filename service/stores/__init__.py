@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-import redis
-
 from service.stores import redis as redis_store
 from service.stores import sqlite as sqlite_store
 from service.stores.base import Store
@@ -16,12 +12,7 @@ from service.stores.sqlite import SQLiteStore
 # when `is_outage` says so, so a client waits and retries (a write that answered 503 either
 # happened once or not at all; a purchase retried with its Idempotency-Key is applied once
 # either way); anything else of these classes is a defect, answered 500.
-OUTAGE_CLASSES: tuple[type[Exception], ...] = (
-    sqlite3.OperationalError,
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.ResponseError,
-)
+OUTAGE_CLASSES: tuple[type[Exception], ...] = (*sqlite_store.OUTAGES, *redis_store.OUTAGES)
 
 
 def is_outage(error: Exception) -> bool:

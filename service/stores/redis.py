@@ -286,6 +286,9 @@ return {'ok', sold_out, sold_out_keys}
 )
 
 
+OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.ResponseError)  # `is_outage` sorts
+
+
 def is_outage(error: Exception) -> bool:
     """Whether `error` means the server cannot answer now but will: down, restarting or
     loading its data (ConnectionError, BusyLoadingError among them), a timeout, a replica that

@@ -40,6 +40,7 @@ from service.stores.base import (
 # SQLite's own codes for "another connection holds the lock" (its extended codes, such as
 # SQLITE_BUSY_SNAPSHOT, keep the primary code in their low byte).
 BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+OUTAGES = (sqlite3.OperationalError,)  # what `is_outage` sorts
 
 
 def is_outage(error: Exception) -> bool:
