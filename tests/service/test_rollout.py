@@ -216,7 +216,7 @@ def test_the_fleet_follows_and_keeps_answering(store_url: str, other_model: Path
         stop = threading.Event()
 
         def hammer(service: LiveService) -> None:
-            with httpx.Client(base_url=service.url, timeout=30) as http:
+            with httpx.Client(base_url=service.url, headers={"X-API-Key": KEY}, timeout=30) as http:
                 while not stop.is_set():
                     response = http.post("/recommend", json={"user_id": "u", "k": 10})
                     if response.status_code != 200 or len(response.json()["items"]) != 10:
