@@ -40,7 +40,9 @@ class Settings(BaseSettings):
         Path("data/demo"), description="--demo's cache of the painted market and its new works"
     )
     api_key: SecretStr | None = Field(
-        None, description="when set, writes and purchase histories need it as X-API-Key"
+        None,
+        description="when set, writes, purchase histories and a customer's recommendations "
+        "(by user_id) need it as X-API-Key",
     )
     admin_key: SecretStr | None = Field(
         None, description="POST /admin/model needs it as X-API-Key; unset, administration is off"
