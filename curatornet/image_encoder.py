@@ -20,16 +20,6 @@ from PIL import Image
 from curatornet.model_format import ENCODER_FEATURES, ENCODER_IMAGES, ModelError, contained
 from curatornet.onnx_sessions import open_session
 
-# How much longer one side of a picture may be than the other. Resizing keeps the aspect
-# ratio, so without a bound a 141-byte 20000 x 1 PNG becomes 5,120,000 x 256 pixels (5 GB of
-# memory) before the crop keeps 224 x 224 of them. At 20:1 the resized picture is at most
-# 20 * resize**2 pixels (16 MB of float32 for resize=256); panoramas and scrolls stay inside.
-MAX_ASPECT_RATIO = 20
-
-
-class PictureShapeError(ValueError):
-    """A picture too thin to preprocess, refused before any resized pixel is allocated."""
-
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -42,14 +32,9 @@ class Preprocessing:
 
 
 def preprocess(image: Image.Image, steps: Preprocessing) -> np.ndarray:
-    """An RGB image to the CNN's [3, crop, crop] float32 input; PictureShapeError for one
-    whose sides differ by more than MAX_ASPECT_RATIO (the resize would explode it)."""
+    """An RGB image to the CNN's [3, crop, crop] float32 input. The resize keeps the aspect
+    ratio, so a very thin picture grows huge first: a service bounds it (service.ingest)."""
     width, height = image.size
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise PictureShapeError(
-            f"a {width}x{height} picture: one side may be at most {MAX_ASPECT_RATIO} times "
-            "the other"
-        )
     scale = steps.resize / min(width, height)
     size = (max(steps.crop, round(width * scale)), max(steps.crop, round(height * scale)))
     resized = image.resize(size, Image.Resampling.BICUBIC)

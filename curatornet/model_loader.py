@@ -150,11 +150,16 @@ def _fixed(shape: list[Any]) -> list[int | None]:
 @dataclass(frozen=True)
 class LoadOptions:
     """How this process opens models: ONNX Runtime's threads per session (None: its default,
-    one per core), and a directory of image encoders to find a model's encoder by name when
-    it is not at the path the model's manifest gives (a model trained elsewhere and copied)."""
+    one per core), a directory of image encoders to find a model's encoder by name when
+    it is not at the path the model's manifest gives (a model trained elsewhere and copied),
+    and the models roots a server takes models from. A manifest's encoder path may lead into
+    `encoders_dir` and the roots only; without roots (offline tools, reading what their user
+    named) also into the model directory's parent, where models/encoders sits beside
+    models/default."""
 
     threads: int | None = None
     encoders_dir: Path | None = None
+    roots: tuple[Path, ...] | None = None
 
 
 def load_model(directory: Path | str, options: LoadOptions | None = None) -> LoadedModel:
@@ -217,9 +222,10 @@ def _image_encoder(
         return None
     if not isinstance(named, dict) or "manifest" not in named:
         raise ModelError(f"{directory / MANIFEST_FILE}: feature_extractor needs a 'manifest'")
-    # Encoders are shared: beside the model directory (models/encoders next to
-    # models/default) or in the configured encoders directory, never anywhere else.
-    shared = [directory.parent, *([options.encoders_dir] if options.encoders_dir else [])]
+    # Encoders are shared: in the encoders directory or a models root, never anywhere else (a
+    # model directory that is itself a root must not reach beside it).
+    roots = (directory.parent,) if options.roots is None else options.roots
+    shared = [*roots, *([options.encoders_dir] if options.encoders_dir else [])]
     path = contained(directory, str(named["manifest"]), *shared)
     if not path.is_file() and options.encoders_dir is not None and "name" in named:
         elsewhere = contained(options.encoders_dir, f"{named['name']}.json")

@@ -27,7 +27,7 @@ from service.indexing import CatalogueIndex
 from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.recommender import Recommender
 from service.rollout import ModelRollouts
-from service.stores import UNAVAILABLE, open_store
+from service.stores import OUTAGE_CLASSES, is_outage, open_store
 from service.stores.base import ItemsRefused
 
 log = logging.getLogger("service")
@@ -121,11 +121,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     async def unavailable(request: Request, error: Exception) -> JSONResponse:
+        if not is_outage(error):
+            raise error  # a defect, not an outage: a 500, logged with its traceback
         log.warning("the store cannot answer %s %s: %s", request.method, request.url.path, error)
         detail = f"the store cannot answer now ({type(error).__name__}); retry shortly"
         return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "1"})
 
-    for error_class in UNAVAILABLE:
+    for error_class in OUTAGE_CLASSES:
         app.add_exception_handler(error_class, unavailable)
 
     @app.exception_handler(RequestValidationError)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from curatornet.model_loader import LoadOptions
 
@@ -20,9 +21,11 @@ class Settings(BaseSettings):
         "sqlite:///data/curatornet.db",
         description="sqlite:///path.db (embedded) or redis://host:port/db",
     )
-    models_root: Path = Field(
-        Path("models"),
-        description="POST /admin/model rolls out only model directories inside this one",
+    models_root: Annotated[list[Path], NoDecode] = Field(
+        [Path("models")],
+        description="the directories (separated by ':') model directories are rolled out "
+        "from, through POST /admin/model or by following the fleet; their image encoders are "
+        "read from these and from encoders_dir only",
     )
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
         "NORMAL",
@@ -37,7 +40,9 @@ class Settings(BaseSettings):
         Path("data/demo"), description="--demo's cache of the painted market and its new works"
     )
     api_key: SecretStr | None = Field(
-        None, description="when set, writes and purchase histories need it as X-API-Key"
+        None,
+        description="when set, writes, purchase histories and a customer's recommendations "
+        "(by user_id) need it as X-API-Key",
     )
     admin_key: SecretStr | None = Field(
         None, description="POST /admin/model needs it as X-API-Key; unset, administration is off"
@@ -90,6 +95,15 @@ class Settings(BaseSettings):
         """`CURATORNET_API_KEY=` (as docker-compose passes an unset variable) means no key."""
         return None if value == "" else value
 
+    @field_validator("models_root", mode="before")
+    @classmethod
+    def path_list(cls, value: object) -> object:
+        """`CURATORNET_MODELS_ROOT=/models:/app/models`, as PATH lists directories; one path
+        (a str or a Path) is a list of one."""
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part]
+        return [value] if isinstance(value, Path) else value
+
     @model_validator(mode="after")
     def keyed_beyond_loopback(self) -> Settings:
         """A service other machines can reach takes anonymous writes only when told to."""
@@ -112,4 +126,8 @@ class Settings(BaseSettings):
 
     def model_loading(self) -> LoadOptions:
         """How this process opens models, at start-up and on every roll-out."""
-        return LoadOptions(threads=self.inference_threads, encoders_dir=self.encoders_dir)
+        return LoadOptions(
+            threads=self.inference_threads,
+            encoders_dir=self.encoders_dir,
+            roots=tuple(self.models_root),
+        )

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from curatornet.image_encoder import PictureShapeError, preprocess
+from curatornet.image_encoder import preprocess
 from curatornet.model_loader import LoadedModel
 from service.config import Settings
 from service.indexing import CatalogueIndex, Serving
@@ -28,6 +28,13 @@ ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP"}
 # What a form's declared content type says the picture is; a picture of another format is
 # refused (JPEG bytes sent as image/png), other declared types are not checked.
 DECLARED_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEBP"}
+# How much longer one side of an uploaded picture may be than the other. Preprocessing keeps
+# the aspect ratio, so without a bound a 141-byte 20000 x 1 PNG becomes 5,120,000 x 256
+# pixels (5 GB of memory) before the crop keeps 224 x 224 of them. At 20:1 the resized
+# picture is at most 20 * resize**2 pixels (16 MB of float32 for resize=256); panoramas and
+# scrolls stay inside. Checked here, on what clients send, not in the shared preprocessing:
+# training encodes only pictures it painted itself.
+MAX_ASPECT_RATIO = 20
 
 
 class ImageError(ValueError):
@@ -224,7 +231,10 @@ def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> np.ndarr
         except ValueError as error:  # binascii.Error, or text that is not ASCII
             raise ImageError(f"not base64 ({error})") from None
     image = decode(data, settings.max_image_bytes, settings.max_image_pixels, upload.image_type)
-    try:
-        return preprocess(image, model.image_encoder.steps)
-    except PictureShapeError as error:
-        raise ImageError(str(error)) from None
+    width, height = image.size
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(
+            f"a {width}x{height} picture: one side may be at most {MAX_ASPECT_RATIO} times "
+            "the other"
+        )
+    return preprocess(image, model.image_encoder.steps)

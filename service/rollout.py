@@ -50,6 +50,19 @@ class ModelRollouts:
         self._lock = threading.Lock()
         self._refused: set[tuple[str, str]] = set()  # tried and failed; not retried each tick
         self.last_build: IndexBuild | None = None
+        # Why this process cannot serve the model the fleet chose, while it serves another:
+        # /readyz answers 503 with it, as a process that answers from the wrong model is not
+        # ready. None while it serves the fleet's choice.
+        self.fleet_refusal: str | None = None
+
+    def _inside_roots(self, model_dir: Path) -> None:
+        """ModelError unless `model_dir` lies inside a models root: a leaked admin key, or a
+        store someone else can write to, must not make the service read any directory on the
+        machine."""
+        roots = self._options.roots or ()
+        if not any(model_dir.resolve().is_relative_to(root.resolve()) for root in roots):
+            listed = ", ".join(str(root) for root in roots) or "none configured"
+            raise ModelError(f"{model_dir} lies outside the models root ({listed})")
 
     def _switch(self, model: LoadedModel) -> IndexBuild:
         self.last_build = self._catalogue.switch_model(model)
@@ -72,6 +85,7 @@ class ModelRollouts:
         Raises ModelError or FeatureDimensionMismatch, leaving the current model in place. One
         roll-out at a time: a second waits, and the fleet follower skips its tick meanwhile.
         """
+        self._inside_roots(model_dir)
         with self._lock:
             model = load_model(model_dir, self._options)
             build = self._switch(model)
@@ -103,21 +117,23 @@ class ModelRollouts:
         chosen = self._store.get_setting(CHOSEN)
         version = self._store.get_setting(CHOSEN_VERSION)
         if not chosen or not version or version == self._catalogue.serving.model.version:
+            self.fleet_refusal = None
             return
         if (chosen, version) in self._refused:
             return
         if not self._lock.acquire(blocking=False):
             return  # a roll-out is under way in this process
         try:
+            self._inside_roots(Path(chosen))
             model = load_model(chosen, self._options)
             if model.version != version:
                 raise ModelError(f"{chosen} now holds model {model.version}, not {version}")
             self._switch(model)
+            self.fleet_refusal = None
             log.info("followed the fleet to model %s from %s", version, chosen)
         except Exception as error:  # whatever it is, this process keeps its current model
             self._refused.add((chosen, version))
-            log.error(
-                "cannot serve %s (%s), chosen through another process: %s", chosen, version, error
-            )
+            self.fleet_refusal = f"cannot serve the fleet's model {version} from {chosen}: {error}"
+            log.error("%s; serving %s", self.fleet_refusal, self._catalogue.serving.model.version)
         finally:
             self._lock.release()

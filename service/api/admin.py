@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from curatornet.model_format import ModelError
-from service.api.deps import AdminAccess, RolloutsDep, SettingsDep
+from service.api.deps import AdminAccess, RolloutsDep
 from service.api.schemas import errors, invalid
 from service.indexing import FeatureDimensionMismatch
 
@@ -40,21 +40,12 @@ class RolloutOut(BaseModel):
     dependencies=[AdminAccess],
     responses=errors(400, 401, 403, 409, 413, 503),
 )
-async def roll_out_model(
-    request: RolloutIn, rollouts: RolloutsDep, settings: SettingsDep
-) -> RolloutOut:
+async def roll_out_model(request: RolloutIn, rollouts: RolloutsDep) -> RolloutOut:
     """Re-embed the catalogue with the new model, build its index and swap it in; requests are
     answered by the old model until the swap. Other replicas follow within a sync interval.
-    Only a directory inside the models root (CURATORNET_MODELS_ROOT) is taken: a key that
-    leaked must not make the service read any directory on the machine."""
-    model_dir = Path(request.model_dir)
-    if not model_dir.resolve().is_relative_to(settings.models_root.resolve()):
-        raise invalid(
-            ("body", "model_dir"),
-            f"cannot load that model: it lies outside the models root {settings.models_root}",
-        )
+    Only a directory inside a models root (CURATORNET_MODELS_ROOT) is taken (422 otherwise)."""
     try:
-        rollout = await run_in_threadpool(rollouts.roll_out, model_dir)
+        rollout = await run_in_threadpool(rollouts.roll_out, Path(request.model_dir))
     except ModelError as error:
         raise invalid(("body", "model_dir"), f"cannot load that model: {error}") from None
     except FeatureDimensionMismatch as error:

@@ -64,8 +64,9 @@ def require_api_key(
     settings: Annotated[Settings, Depends(get_settings)],
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> None:
-    """Writes and purchase histories (personal data) need the configured key; with none
-    configured the service is open (local use: Settings refuses it beyond loopback)."""
+    """Writes, purchase histories and what reveals them (personal data) need the configured
+    key; with none configured the service is open (local use: Settings refuses it beyond
+    loopback)."""
     if settings.api_key is not None:
         _check(settings.api_key, x_api_key)
 
@@ -93,5 +94,5 @@ RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 RolloutsDep = Annotated[ModelRollouts, Depends(get_rollouts)]
 MetricsDep = Annotated[ServiceMetrics, Depends(get_metrics)]
 FollowerDep = Annotated[Follower, Depends(get_follower)]
-KeyAccess = Depends(require_api_key)  # writes and purchase histories
+KeyAccess = Depends(require_api_key)  # writes and purchase histories (/recommend: by user_id)
 AdminAccess = Depends(require_admin_key)

@@ -28,13 +28,23 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    responses={503: {"description": "the store does not answer, or this process lags behind it"}},
+    responses={
+        503: {
+            "description": "the store does not answer, this process lags behind it, or it "
+            "cannot serve the model the fleet rolled out"
+        }
+    },
 )
 def readyz(
-    serving: ServingDep, store: StoreDep, follower: FollowerDep, settings: SettingsDep
+    serving: ServingDep,
+    store: StoreDep,
+    follower: FollowerDep,
+    rollouts: RolloutsDep,
+    settings: SettingsDep,
 ) -> Response:
-    """Ready when the model is loaded, the store answers and this process keeps up with the
-    store's changes; 503 otherwise (a process serving a stale index is not ready)."""
+    """Ready when the model is loaded, the store answers, this process serves the model the
+    fleet chose and keeps up with the store's changes; 503 otherwise (a process serving a
+    stale index, or another model than its peers, is not ready)."""
     lag = follower.lag()
     body: dict[str, Any] = {
         "model": serving.model.version,
@@ -45,6 +55,10 @@ def readyz(
         store.ping()
     except Exception as error:  # any failure to reach the store means not ready
         return JSONResponse({**body, "status": "unavailable", "store": str(error)}, status_code=503)
+    if rollouts.fleet_refusal is not None:
+        return JSONResponse(
+            {**body, "status": "behind", "fleet_model": rollouts.fleet_refusal}, status_code=503
+        )
     if follower.error is not None or lag > settings.max_sync_lag_s:
         behind = follower.error or f"no change applied for {lag:.0f} s"
         return JSONResponse({**body, "status": "behind", "follower": behind}, status_code=503)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Header
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.api.deps import RecommenderDep, SettingsDep
+from service.api.deps import RecommenderDep, SettingsDep, require_api_key
 from service.api.schemas import Identifier, RecommendedItem, errors, invalid
 from service.recommender import FALLBACK, PERSONALIZED, Filters
 from service.stores.base import UnknownItemsError
@@ -41,10 +43,20 @@ class RecommendOut(BaseModel):
     items: list[RecommendedItem]
 
 
-@router.post("/recommend", response_model=RecommendOut, responses=errors(400, 404, 413, 503))
+@router.post(
+    "/recommend", response_model=RecommendOut, responses=errors(400, 401, 403, 404, 413, 503)
+)
 def recommend(
-    request: RecommendIn, recommender: RecommenderDep, settings: SettingsDep
+    request: RecommendIn,
+    recommender: RecommenderDep,
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header()] = None,
 ) -> RecommendOut:
+    """A customer's recommendations (by `user_id`) need the API key when one is configured, as
+    their purchase history does: `explain` names their purchases, and comparing answers with
+    and without `exclude_purchased` lists them. A visitor's (by `history`) are open."""
+    if request.user_id is not None:
+        require_api_key(settings, x_api_key)
     if request.k > settings.max_k:
         raise invalid(("body", "k"), f"k must be at most {settings.max_k}, got {request.k}")
     if request.user_id is not None:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.retry import Retry
 
 from service.stores.base import (
@@ -215,11 +216,25 @@ for i = first, #ARGV do
   units[id] = units[id] + 1
 end
 
+-- A count an older version stored as Lua printed it ("1e+17"): tonumber reads it but HINCRBY
+-- refuses it, and a script is not rolled back, so a later item's HINCRBY failing would leave
+-- earlier items sold with no history. Such a count is rewritten as the digits it means before
+-- the first write that changes anything.
+local function as_digits(item, field, value)
+  local n = tonumber(value)
+  if n and value ~= string.format('%d', n) then
+    redis.call('HSET', item, field, string.format('%d', n))
+  end
+  return n
+end
+
 local found, unknown = {}, {}
 for _, id in ipairs(order) do
-  local f = redis.call('HMGET', item_key(id), 'key', 'stock', 'deleted')
+  local item = item_key(id)
+  local f = redis.call('HMGET', item, 'key', 'stock', 'deleted', 'sold')
   if f[3] == '0' then
-    found[id] = {key = tonumber(f[1]), stock = tonumber(f[2])}
+    as_digits(item, 'sold', f[4])
+    found[id] = {key = tonumber(f[1]), stock = as_digits(item, 'stock', f[2])}
   else
     table.insert(unknown, id)
   end
@@ -271,6 +286,23 @@ return {'ok', sold_out, sold_out_keys}
 )
 
 
+OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.ResponseError)  # `is_outage` sorts
+
+
+def is_outage(error: Exception) -> bool:
+    """Whether `error` means the server cannot answer now but will: down, restarting or
+    loading its data (ConnectionError, BusyLoadingError among them), a timeout, a replica that
+    took over read-only, out of memory, or refusing writes after a failed save (MISCONF); a
+    retry gets past each (503). A wrong password is a ConnectionError too, but no retry mends
+    it, nor any other error reply: those stay 500s, for the operator."""
+    if isinstance(error, redis.AuthenticationError):
+        return False
+    outages = (redis.ConnectionError, redis.TimeoutError, ReadOnlyError, OutOfMemoryError)
+    if isinstance(error, outages):
+        return True
+    return isinstance(error, redis.ResponseError) and str(error).startswith("MISCONF")
+
+
 def _item_key(item_id: str) -> str:
     return f"{PREFIX}item:{item_id}"
 
@@ -317,6 +349,23 @@ def _entry_id(raw: bytes | str) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else raw
     milliseconds, sequence = text.split("-")
     return int(milliseconds), int(sequence)
+
+
+def _trimmed_past(info: dict, cursor: str) -> bool:
+    """Whether MAXLEN trimmed entries after `cursor` from the stream XINFO described. A cursor
+    is an entry's id (or 0-0 before the first): entries were lost when the oldest one kept is
+    younger than it (for 0-0: when any was trimmed at all), or, with none kept, when any came
+    after it. Redis 6 does not count the entries ever added, so there a cursor of 0-0 with the
+    stream's first entries still kept reads as a gap too: one needless rebuild, nothing missed.
+    """
+    after = _entry_id(cursor)
+    if info["first-entry"] is None:
+        return _entry_id(info["last-generated-id"]) > after
+    if _entry_id(info["first-entry"][0]) <= after:
+        return False
+    if cursor != "0-0" or "entries-added" not in info:
+        return True
+    return int(info["entries-added"]) > int(info["length"])
 
 
 def _ids_from_members(members: list[bytes]) -> list[str]:
@@ -535,28 +584,21 @@ class RedisStore(Store):
     def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
         if limit < 1:
             return cursor, []
-        self._check_not_trimmed(cursor)
-        entries = self._redis.xrange(CHANGES, f"({cursor}", "+", count=limit)
+        # One MULTI: a trim between reading the stream's bounds and its entries would hide the
+        # very gap the bounds are read to find.
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.xinfo_stream(CHANGES).xrange(CHANGES, f"({cursor}", "+", count=limit)
+        info, entries = pipe.execute(raise_on_error=False)
+        if isinstance(info, redis.ResponseError):  # no stream yet: nothing was ever logged
+            return cursor, []
+        for reply in (info, entries):
+            if isinstance(reply, Exception):
+                raise reply
+        if _trimmed_past(info, cursor):
+            raise ChangesLost(f"the change stream was trimmed past {cursor}")
         if not entries:
             return cursor, []
         return entries[-1][0].decode(), [int(fields[b"key"]) for _, fields in entries]
-
-    def _check_not_trimmed(self, cursor: str) -> None:
-        """ChangesLost when MAXLEN trimmed the stream past `cursor`. A cursor is an entry's id
-        (or 0-0 before the first): entries were lost when the oldest one kept is younger than
-        it (for 0-0: when any was trimmed at all), or, with none kept, when any came after it."""
-        try:
-            info = self._redis.xinfo_stream(CHANGES)
-        except redis.ResponseError:  # no stream yet: nothing was ever logged
-            return
-        after = _entry_id(cursor)
-        if info["first-entry"] is None:
-            lost = _entry_id(info["last-generated-id"]) > after
-        else:
-            trimmed = int(info["entries-added"]) > int(info["length"])
-            lost = _entry_id(info["first-entry"][0]) > after and (cursor != "0-0" or trimmed)
-        if lost:
-            raise ChangesLost(f"the change stream was trimmed past {cursor}")
 
     def counts(self) -> Counts:
         pipe = self._redis.pipeline(transaction=True)  # one consistent snapshot

@@ -37,6 +37,24 @@ from service.stores.base import (
     replay,
 )
 
+# SQLite's own codes for "another connection holds the lock" (its extended codes, such as
+# SQLITE_BUSY_SNAPSHOT, keep the primary code in their low byte).
+BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+OUTAGES = (sqlite3.OperationalError,)  # what `is_outage` sorts
+
+
+def is_outage(error: Exception) -> bool:
+    """Whether `error` is SQLite giving up on a lock another process held beyond the busy
+    timeout: a retry gets past it (503). Every other OperationalError ("no such table", a
+    syntax error, too many SQL variables) is a defect no retry mends, and stays a 500."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:  # raised by the sqlite3 module itself, not by SQLite
+        return "locked" in str(error)
+    return code & 0xFF in BUSY
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     key INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -90,6 +90,11 @@ def test_compose_names_the_services_and_their_wiring(compose: dict) -> None:
     assert trainer["profiles"] == ["train"]
     assert "models:/models" in trainer["volumes"]
     assert "models:/models:ro" in api["volumes"]
+    # /admin/model reaches both the trainer's output and the shipped model (a roll-back)
+    roots = [Path(root) for root in api["environment"]["CURATORNET_MODELS_ROOT"].split(":")]
+    shipped = Path(substituted(api["environment"]["CURATORNET_MODEL_DIR"]))
+    for model_dir in (Path("/models/next"), shipped):
+        assert any(model_dir.is_relative_to(root) for root in roots), model_dir
     assert set(compose["volumes"]) == {"redis-data", "models", "data"}
 
 

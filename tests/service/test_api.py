@@ -242,7 +242,15 @@ def test_writes_need_the_api_key_when_one_is_configured(store_url: str) -> None:
         assert client.get("/users/u/history").status_code == 401  # histories are personal
         assert client.get("/users/u/history", headers={"X-API-Key": "no"}).status_code == 403
         assert client.get("/users/u/history", headers={"X-API-Key": KEY}).status_code == 200
-        assert recommend(client, history=["a"])["strategy"] == "personalized"
+        assert recommend(client, history=["a"])["strategy"] == "personalized"  # a visitor's
+        # A customer's recommendations name their purchases (explain), or reveal them (with
+        # and without exclude_purchased): personal too.
+        for body in ({"user_id": "u", "explain": True}, {"user_id": "u"}):
+            assert client.post("/recommend", json=body).status_code == 401
+            wrong = client.post("/recommend", json=body, headers={"X-API-Key": "no"})
+            assert wrong.status_code == 403
+            keyed = client.post("/recommend", json=body, headers={"X-API-Key": KEY})
+            assert keyed.json()["history_used"] == 1
         assert client.delete("/items/a", headers={"X-API-Key": KEY}).status_code == 200
 
 

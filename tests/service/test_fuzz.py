@@ -10,6 +10,7 @@ same checks for as long as one likes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 import schemathesis
@@ -36,9 +37,16 @@ CHECKS = [
 CASES_PER_OPERATION = 25
 
 
+@dataclass(frozen=True)
+class Api:
+    schema: schemathesis.BaseSchema
+    headers: dict[str, str]  # sent with every case: the key, when the app has one
+
+
 @pytest.fixture(params=["open", "keyed"])
-def api(request: pytest.FixtureRequest, store_url: str) -> Iterator[schemathesis.BaseSchema]:
-    """The real app, started, with a few works and a purchase for requests to find."""
+def api(request: pytest.FixtureRequest, store_url: str) -> Iterator[Api]:
+    """The real app, started, with a few works and a purchase for requests to find. Keyed,
+    every case sends the key, so that its writes get past the check to the stores."""
     key = KEY if request.param == "keyed" else None
     app = create_app(Settings(model_dir=FEATURES_MODEL, store_url=store_url, api_key=key))
     with TestClient(app, headers={"X-API-Key": KEY}) as client:
@@ -46,7 +54,8 @@ def api(request: pytest.FixtureRequest, store_url: str) -> Iterator[schemathesis
         assert client.post("/items", json={"items": items}).status_code == 200
         sale = client.post("/purchases", json={"user_id": "u", "item_ids": ["a"]})
         assert sale.status_code == 201
-        yield schemathesis.openapi.from_asgi("/openapi.json", app)
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        yield Api(schema, {"X-API-Key": KEY} if key else {})
 
 
 # Every operation of the document, collected from an app that is never started.
@@ -58,13 +67,11 @@ OPERATIONS = [
 
 
 @pytest.mark.parametrize(("path", "method"), OPERATIONS)
-def test_every_operation_answers_as_documented(
-    api: schemathesis.BaseSchema, path: str, method: str
-) -> None:
+def test_every_operation_answers_as_documented(api: Api, path: str, method: str) -> None:
     """Schemathesis' pytest integration does not run on pytest 9.2 (it sets a node id pytest
     no longer has), so each operation's strategy drives Hypothesis here directly."""
 
-    @given(case=api[path][method].as_strategy())
+    @given(case=api.schema[path][method].as_strategy())
     @settings(
         max_examples=CASES_PER_OPERATION,
         deadline=None,
@@ -73,6 +80,6 @@ def test_every_operation_answers_as_documented(
         database=None,
     )
     def answers_as_documented(case: schemathesis.Case) -> None:
-        case.call_and_validate(checks=CHECKS)
+        case.call_and_validate(headers=api.headers, checks=CHECKS)
 
     answers_as_documented()

@@ -74,6 +74,26 @@ def test_a_poisoned_redis_count_is_still_read(redis_server: str) -> None:
         assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 1)
 
 
+@pytest.mark.parametrize("bought", [["poisoned"], ["fine", "poisoned"], ["poisoned", "fine"]])
+def test_a_poisoned_redis_count_can_be_bought(redis_server: str, bought: list[str]) -> None:
+    """Redis scripts do not roll back: a stock the check phase read as a number ("1e+17") but
+    HINCRBY refused would take stock from the works before it, record no history and answer
+    500. The script rewrites such counts as digits before its first write."""
+    url = f"{redis_server}/63"
+    redis.Redis.from_url(url).flushdb()
+    with running(url) as client:
+        post_items(client, [random_item("fine"), {**random_item("poisoned", seed=1)}])
+        raw = redis.Redis.from_url(url)
+        raw.hset(f"{PREFIX}item:poisoned", mapping={"stock": "1e+17", "sold": "0e+00"})
+        sale = client.post("/purchases", json={"user_id": "u", "item_ids": bought})
+        assert sale.status_code == 201, sale.text
+        history = client.get("/users/u/history").json()["purchases"]
+        assert [p["item_id"] for p in history] == bought
+        assert client.get("/items/poisoned").json()["stock"] == 10**17 - 1
+        assert client.get("/items/fine").json()["stock"] == (0 if "fine" in bought else 1)
+        assert raw.hget(f"{PREFIX}item:poisoned", "stock") == b"99999999999999999"
+
+
 # --- a sold one-of-a-kind work put back on sale (Medium 3) ---------------------------------
 
 

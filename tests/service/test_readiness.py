@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from service.follower import Follower
 from service.stores.redis import PREFIX
 from tests.service.conftest import start_redis
 from tests.service.helpers import FEATURES_MODEL, eventually, random_item
@@ -33,18 +35,31 @@ def test_readyz_reports_an_unreachable_store(tmp_path: Path) -> None:
         server.wait(timeout=10)
 
 
-def test_a_follower_behind_the_trimmed_stream_rebuilds(redis_server: str) -> None:
+def test_a_follower_behind_the_trimmed_stream_rebuilds(
+    redis_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Redis trims the change stream (MAXLEN): a process whose cursor fell out of it must
-    notice the gap and rebuild from the store, not serve a stale index until restarted."""
+    notice the gap and rebuild from the store, not serve a stale index until restarted. The
+    reader's follower is stopped while the works are posted and the stream trimmed, so that
+    no tick between the two can read the entries: the gap is certain."""
     url = f"{redis_server}/62"
     redis.Redis.from_url(url).flushdb()
-    with running(url) as writer, running(url, sync_interval_s=2) as reader:
+    with running(url) as writer, running(url) as reader:
         post_items(writer, [random_item("first")])
         assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 1)
+        state = reader.app.state
+        state.follower.stop()
         post_items(writer, [random_item(f"w{n}", seed=n) for n in range(5)])
-        redis.Redis.from_url(url).xtrim(f"{PREFIX}changes", maxlen=0)  # before the reader's tick
-        assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 6)
-        assert reader.get("/items/w4/similar").status_code == 200
+        redis.Redis.from_url(url).xtrim(f"{PREFIX}changes", maxlen=0)
+        state.follower = Follower(state.catalogue, state.rollouts, interval=0.2)
+        state.follower.start()
+        try:
+            assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 6)
+            assert "the change stream was trimmed past" in caplog.text
+            assert "rebuilding the index from the store" in caplog.text
+            assert reader.get("/items/w4/similar").status_code == 200
+        finally:
+            state.follower.stop()
 
 
 def test_readyz_reports_a_failing_follower(redis_server: str) -> None:

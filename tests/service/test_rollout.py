@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 import threading
@@ -16,10 +18,14 @@ from curatornet.model_loader import load_model
 from service.app import create_app
 from service.config import Settings
 from service.indexing import FeatureDimensionMismatch
+from service.rollout import CHOSEN, CHOSEN_VERSION
+from service.stores import open_store
 from tests.service.helpers import (
+    DEFAULT_MODEL,
     FEATURES_MODEL,
     SYNC_DEADLINE_S,
     LiveService,
+    eventually,
     exported,
     random_item,
     version_1_copy,
@@ -210,7 +216,7 @@ def test_the_fleet_follows_and_keeps_answering(store_url: str, other_model: Path
         stop = threading.Event()
 
         def hammer(service: LiveService) -> None:
-            with httpx.Client(base_url=service.url, timeout=30) as http:
+            with httpx.Client(base_url=service.url, headers={"X-API-Key": KEY}, timeout=30) as http:
                 while not stop.is_set():
                     response = http.post("/recommend", json={"user_id": "u", "k": 10})
                     if response.status_code != 200 or len(response.json()["items"]) != 10:
@@ -248,3 +254,64 @@ def test_only_directories_inside_the_models_root_are_rolled_out(
     with app_for(store_url, FEATURES_MODEL, models_root=other_model.parent) as client:
         taken = client.post("/admin/model", json={"model_dir": str(other_model)})
         assert taken.status_code == 200, taken.text
+
+
+def test_readyz_says_when_the_fleets_model_cannot_be_served(
+    store_url: str, other_model: Path, tmp_path: Path
+) -> None:
+    """Another process rolled out a model this one cannot serve (a directory this host lacks,
+    one outside its models roots): it keeps answering with its own model, and says in /readyz
+    that it is not the fleet's, until a model it can serve is rolled out."""
+    with app_for(store_url, FEATURES_MODEL, models_root=tmp_path) as client:
+        assert client.get("/readyz").status_code == 200
+        served = client.get("/model").json()["version"]
+        store = open_store(store_url)
+        try:
+            real = load_model(other_model).version
+            for chosen, version, why in (
+                (tmp_path / "not-on-this-host", "0123456789ab", "missing"),
+                (other_model, real, "outside the models root"),
+            ):
+                store.set_setting(CHOSEN, str(chosen))
+                store.set_setting(CHOSEN_VERSION, version)
+                assert eventually(lambda c=chosen: str(c) in _fleet_refusal(client))
+                refused = client.get("/readyz")
+                assert refused.status_code == 503
+                assert refused.json()["status"] == "behind"
+                assert why in refused.json()["fleet_model"]
+                assert client.get("/model").json()["version"] == served
+        finally:
+            store.close()
+        inside = Path(shutil.copytree(other_model, tmp_path / "inside"))
+        assert client.post("/admin/model", json={"model_dir": str(inside)}).status_code == 200
+        assert eventually(lambda: client.get("/readyz").status_code == 200)
+
+
+def _fleet_refusal(client: TestClient) -> str:
+    return client.get("/readyz").json().get("fleet_model", "")
+
+
+def test_a_manifest_naming_files_outside_its_directory_is_refused(
+    store_url: str, other_model: Path, tmp_path: Path
+) -> None:
+    """Through /admin/model: neither a tower nor an image encoder is read from outside the
+    model directory, the encoders directory and the models roots; a model directory that is
+    itself a root reaches nothing beside it."""
+    root = tmp_path / "root"
+    tower = Path(shutil.copytree(other_model, root / "tower"))
+    manifest = json.loads((tower / "manifest.json").read_text())
+    manifest["item_tower"]["file"] = "../../outside/item_tower.onnx"
+    (tower / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "outside").mkdir()
+    shutil.copy(other_model / "item_tower.onnx", tmp_path / "outside")
+    # the shipped picture model as a root of its own, its encoder beside it (models/encoders)
+    shutil.copytree(DEFAULT_MODEL.parent / "encoders", tmp_path / "encoders")
+    picture = Path(shutil.copytree(DEFAULT_MODEL, tmp_path / "picture"))
+    roots = f"{root}{os.pathsep}{picture}"
+    with app_for(
+        store_url, FEATURES_MODEL, models_root=roots, encoders_dir=tmp_path / "none"
+    ) as client:
+        for model_dir in (tower, picture):
+            refused = client.post("/admin/model", json={"model_dir": str(model_dir)})
+            assert refused.status_code == 422, refused.text
+            assert "lies outside" in refused.text
