@@ -152,10 +152,10 @@ class LoadOptions:
     """How this process opens models: ONNX Runtime's threads per session (None: its default,
     one per core), a directory of image encoders to find a model's encoder by name when
     it is not at the path the model's manifest gives (a model trained elsewhere and copied),
-    and the models roots a server takes models from. A manifest's encoder path may lead into
-    `encoders_dir` and the roots only; without roots (offline tools, reading what their user
-    named) also into the model directory's parent, where models/encoders sits beside
-    models/default."""
+    and the models roots a server takes models from. With roots, a manifest's encoder path
+    may lead into `encoders_dir` and the roots only (else the encoder is looked up by name);
+    without them (offline tools, reading the model their user named) it is followed where
+    training wrote it."""
 
     threads: int | None = None
     encoders_dir: Path | None = None
@@ -222,14 +222,29 @@ def _image_encoder(
         return None
     if not isinstance(named, dict) or "manifest" not in named:
         raise ModelError(f"{directory / MANIFEST_FILE}: feature_extractor needs a 'manifest'")
-    # Encoders are shared: in the encoders directory or a models root, never anywhere else (a
-    # model directory that is itself a root must not reach beside it).
-    roots = (directory.parent,) if options.roots is None else options.roots
-    shared = [*roots, *([options.encoders_dir] if options.encoders_dir else [])]
-    path = contained(directory, str(named["manifest"]), *shared)
-    if not path.is_file() and options.encoders_dir is not None and "name" in named:
-        elsewhere = contained(options.encoders_dir, f"{named['name']}.json")
-        path = elsewhere if elsewhere.is_file() else path
+    given = str(named["manifest"])
+    by_name = (
+        contained(options.encoders_dir, f"{named['name']}.json")
+        if options.encoders_dir is not None and "name" in named
+        else None
+    )
+    if options.roots is None:
+        # Offline tools open the model their user named, and its encoder where training
+        # wrote it (`train --image-encoder` takes any path; the manifest keeps it relative).
+        path = directory / given
+    else:
+        # A server reads encoders from its encoders directory and its models roots only (a
+        # model directory that is itself a root must not reach beside it): a manifest must
+        # not make it open another file on the machine.
+        shared = [*options.roots, *([options.encoders_dir] if options.encoders_dir else [])]
+        try:
+            path = contained(directory, given, *shared)
+        except ModelError:
+            if by_name is None or not by_name.is_file():
+                raise
+            path = by_name
+    if not path.is_file() and by_name is not None and by_name.is_file():
+        path = by_name
     encoder = load_image_encoder(path, options.threads)
     expected = named.get("sha256")
     if expected and encoder.sha256 != expected:

@@ -203,12 +203,32 @@ def test_files_an_encoder_manifest_names_stay_inside_their_directories(
     manifest = json.loads(path.read_text())
     manifest["feature_extractor"]["manifest"] = "../../../../../../etc/hostname"
     path.write_text(json.dumps(manifest))
+    served = LoadOptions(roots=(picture_model.parent,))  # how a server opens models
     with pytest.raises(ModelError, match="outside"):
-        load_model(picture_model)
+        load_model(picture_model, served)
     manifest["feature_extractor"]["manifest"] = "../encoders/efficientnet-lite0.json"
     path.write_text(json.dumps(manifest))
     encoder = picture_model.parent / "encoders" / "efficientnet-lite0.json"
     named = json.loads(encoder.read_text())
     encoder.write_text(json.dumps({**named, "file": "../../../../../../etc/hostname"}))
+    for options in (served, None):
+        with pytest.raises(ModelError, match="outside"):
+            load_model(picture_model, options)
+
+
+def test_offline_tools_follow_the_encoder_where_training_wrote_it(
+    picture_model: Path, tmp_path: Path
+) -> None:
+    """`train --out data/x/model --image-encoder models/encoders/E.json` writes a path that
+    climbs out of the model's parent; the evaluation must still open that model, and a
+    server finds the encoder by name in its encoders directory instead."""
+    deep = Path(shutil.move(picture_model, tmp_path / "data" / "quality" / "model"))
+    path = deep / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["feature_extractor"]["manifest"] = "../../../encoders/efficientnet-lite0.json"
+    path.write_text(json.dumps(manifest))
+    assert load_model(deep).image_encoder is not None
     with pytest.raises(ModelError, match="outside"):
-        load_model(picture_model)
+        load_model(deep, LoadOptions(roots=(deep.parent,)))
+    served = LoadOptions(roots=(deep.parent,), encoders_dir=tmp_path / "encoders")
+    assert load_model(deep, served).image_encoder is not None
