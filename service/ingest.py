@@ -210,7 +210,7 @@ def _outsized(
 ) -> list[tuple[int, str]]:
     """The uploads whose embedding is more than `ratio` times the median length of the
     served catalogue's, each with why: a work embedded far longer than the rest outscores
-    them for every customer (the paper's architecture has no bound on its output, so features
+    them for many customers (the paper's architecture has no bound on its output, so features
     inside the magnitude bound can still do it). Measured against the index of `serving`, the
     model that embedded them; a catalogue of fewer than MIN_NORM_CATALOGUE works has no
     median worth trusting, and only the finite check applies."""
@@ -222,7 +222,7 @@ def _outsized(
             int(n),
             f"{uploads[n].id!r} embeds {norms[n]:.4g} long, more than {ratio:g} times the "
             f"catalogue's median of {median:.4g} (CURATORNET_MAX_NORM_RATIO): it would outrank "
-            "every other work for everyone",
+            "the other works for many customers",
         )
         for n in np.flatnonzero(norms > ratio * median)
     ]
