@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         description="largest |value| of an uploaded feature vector: far beyond what image "
         "encoders give (EfficientNet-lite0: 0 to 6), short of what overflows a model",
     )
+    max_norm_ratio: float = Field(
+        3.0,
+        gt=1,
+        description="an uploaded work whose embedding is longer than this many times the "
+        "median of the served catalogue's is refused, as it would outrank the others for "
+        "many customers (normal works measured at most 2x; README: Bad inputs)",
+    )
     max_k: int = Field(500, ge=1, description="largest k a request may ask for")
     sync_interval_s: float = Field(
         0.2, gt=0, le=5, description="how often other processes' changes are applied"

@@ -61,6 +61,7 @@ class ItemIndex:
         self._slots_by_artist: dict[str, set[int]] = {}
         self._tombstones: set[int] = set()
         self._vectors: dict[int, np.ndarray] = {}  # slot -> vector, HNSW only (for rebuilds)
+        self._norms: dict[int, float] = {}  # slot -> |embedding|, live slots only
         self._next_slot = 0
 
     def __len__(self) -> int:
@@ -71,6 +72,16 @@ class ItemIndex:
         with self._lock:
             slot = self._slot_of.get(int(key))
             return None if slot is None else self._entries[slot].version
+
+    def median_norm(self) -> float | None:
+        """The median length of the indexed embeddings (None while none is indexed): what
+        uploads are measured against. The median, not a high quantile or the maximum, so that
+        a few outsized works already in the catalogue cannot widen what is accepted, and
+        accepted works cannot walk it up a step at a time."""
+        with self._lock:
+            if not self._norms:
+                return None
+            return float(np.median(np.fromiter(self._norms.values(), np.float64, len(self._norms))))
 
     def entry(self, item_id: str) -> Entry | None:
         """The indexed (for sale) item with this id, if any."""
@@ -92,13 +103,15 @@ class ItemIndex:
             slots = np.arange(self._next_slot, self._next_slot + len(item_ids), dtype=np.int64)
             self._next_slot += len(item_ids)
             self._faiss.add_with_ids(embeddings, slots)
-            for slot, key, item_id, artist, version, vector in zip(
-                slots.tolist(), keys, item_ids, artist_ids, versions, embeddings, strict=True
+            norms = np.linalg.norm(embeddings, axis=1).tolist()
+            for slot, key, item_id, artist, version, vector, norm in zip(
+                slots.tolist(), keys, item_ids, artist_ids, versions, embeddings, norms, strict=True
             ):
                 self._entries[slot] = Entry(int(key), item_id, artist, version)
                 self._slot_of[int(key)] = slot
                 self._slot_by_item[item_id] = slot
                 self._slots_by_artist.setdefault(artist, set()).add(slot)
+                self._norms[slot] = norm
                 if self.kind == "hnsw":
                     self._vectors[slot] = vector
 
@@ -109,6 +122,7 @@ class ItemIndex:
                 return
             for slot in slots:
                 entry = self._entries.pop(slot)
+                del self._norms[slot]
                 if self._slot_by_item.get(entry.item_id) == slot:
                     del self._slot_by_item[entry.item_id]
                 artist_slots = self._slots_by_artist[entry.artist_id]

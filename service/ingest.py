@@ -35,6 +35,9 @@ DECLARED_FORMATS = {"image/jpeg": "JPEG", "image/png": "PNG", "image/webp": "WEB
 # scrolls stay inside. Checked here, on what clients send, not in the shared preprocessing:
 # training encodes only pictures it painted itself.
 MAX_ASPECT_RATIO = 20
+# Indexed works below which the catalogue's median embedding length is not trusted to judge
+# an upload's: a first few works of any length are accepted (if finite).
+MIN_NORM_CATALOGUE = 10
 
 
 class ImageError(ValueError):
@@ -181,6 +184,9 @@ def ingest(
     if broken.size:
         message = "the model's embedding of these features is not finite"
         raise UploadRefused([Problem(int(n), (fields[n],), message) for n in broken])
+    outsized = _outsized(uploads, embeddings, serving, settings.max_norm_ratio)
+    if outsized:
+        raise UploadRefused([Problem(n, (fields[n],), message) for n, message in outsized])
     result = catalogue.upsert_items(
         [
             NewItem(
@@ -197,6 +203,29 @@ def ingest(
         ]
     )
     return Ingested(result.created, result.updated, len(catalogue.serving.index))
+
+
+def _outsized(
+    uploads: list[Upload], embeddings: np.ndarray, serving: Serving, ratio: float
+) -> list[tuple[int, str]]:
+    """The uploads whose embedding is more than `ratio` times the median length of the
+    served catalogue's, each with why: a work embedded far longer than the rest outscores
+    them for many customers (the paper's architecture has no bound on its output, so features
+    inside the magnitude bound can still do it). Measured against the index of `serving`, the
+    model that embedded them; a catalogue of fewer than MIN_NORM_CATALOGUE works has no
+    median worth trusting, and only the finite check applies."""
+    if len(serving.index) < MIN_NORM_CATALOGUE or (median := serving.index.median_norm()) is None:
+        return []
+    norms = np.linalg.norm(embeddings, axis=1)
+    return [
+        (
+            int(n),
+            f"{uploads[n].id!r} embeds {norms[n]:.4g} long, more than {ratio:g} times the "
+            f"catalogue's median of {median:.4g} (CURATORNET_MAX_NORM_RATIO): it would outrank "
+            "the other works for many customers",
+        )
+        for n in np.flatnonzero(norms > ratio * median)
+    ]
 
 
 def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | None]:

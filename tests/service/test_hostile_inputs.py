@@ -3,16 +3,24 @@ stores, each answered with a 4xx, each leaving nothing stored. A 5xx is always a
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from PIL import Image
+from sklearn.datasets import load_sample_image
 
+from service.ingest import MIN_NORM_CATALOGUE
 from service.stores.redis import PREFIX
-from tests.service.helpers import eventually, exported, random_item
+from tests.service.helpers import ROOT, eventually, exported, random_item
 from tests.service.test_api import counts, post_items, running
 
 JSON = {"content-type": "application/json"}
@@ -155,6 +163,118 @@ def test_an_embedding_that_is_not_finite_is_refused(tmp_path: Path) -> None:
         assert response.status_code == 422, response.text
         assert "embedding of these features is not finite" in response.text
         nothing_stored(client, "nan")
+
+
+@pytest.fixture(scope="module")
+def paper_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper's architecture, whose embedding grows with its input: unlike the shipped
+    multi-interest model, which normalises features first, it lets features inside the
+    magnitude bound embed far longer than the catalogue's works."""
+    return exported(tmp_path_factory.mktemp("models") / "paper", 2048, 32)
+
+
+@pytest.fixture(scope="module")
+def picture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The paper's architecture on the shipped image encoder's features."""
+    directory = tmp_path_factory.mktemp("picture-model")
+    shutil.copytree(ROOT / "models" / "encoders", directory / "encoder")
+    named = {"name": "efficientnet-lite0", "manifest": "encoder/efficientnet-lite0.json"}
+    return exported(directory, 1280, 32, named)
+
+
+CATALOGUE = [random_item(f"w{i}", artist=f"a{i % 3}", seed=i) for i in range(MIN_NORM_CATALOGUE)]
+# 448 times the catalogue's median length with `paper_model`, every value inside ±1000.
+LOUD = {"id": "loud", "artist_id": "a", "features": [1000.0] * 2048}
+
+
+@pytest.fixture
+def paper_client(store_url: str, paper_model: Path) -> Iterator[TestClient]:
+    with running(store_url, model_dir=paper_model) as test_client:
+        post_items(test_client, CATALOGUE)
+        yield test_client
+
+
+def test_an_embedding_far_outside_the_catalogue_is_refused(paper_client: TestClient) -> None:
+    """Before the guard this work was stored and ranked first for every customer."""
+    response = paper_client.post("/items", json=LOUD)
+    assert response.status_code == 422, response.text
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["body", "features"]
+    assert "'loud' embeds" in problem["msg"]
+    assert "times the catalogue's median" in problem["msg"]
+    assert paper_client.get("/items/loud").status_code == 404
+    assert counts(paper_client) == len(CATALOGUE)
+
+
+def test_a_batch_with_one_outsized_work_stores_nothing(paper_client: TestClient) -> None:
+    batch = [random_item("fine", seed=99), {**LOUD, "features": [10.0] * 2048}]
+    response = paper_client.post("/items", json={"items": batch})
+    assert response.status_code == 422, response.text
+    assert [p["loc"] for p in response.json()["detail"]] == [["body", "items", 1, "features"]]
+    for item_id in ("fine", "loud"):
+        assert paper_client.get(f"/items/{item_id}").status_code == 404
+    assert counts(paper_client) == len(CATALOGUE)
+    post_items(paper_client, batch[:1])  # the normal work alone is welcome
+    assert counts(paper_client) == len(CATALOGUE) + 1
+
+
+def test_a_catalogue_too_small_to_judge_takes_any_finite_work(
+    store_url: str, paper_model: Path
+) -> None:
+    with running(store_url, model_dir=paper_model) as client:
+        post_items(client, CATALOGUE[:-1])
+        post_items(client, [LOUD])
+        assert client.get("/items/loud").status_code == 200
+
+
+def test_after_a_roll_out_uploads_are_measured_against_the_new_model(
+    store_url: str, paper_model: Path
+) -> None:
+    """The catalogue was indexed by the multi-interest model, whose embeddings all have one
+    length whatever the input; rolled out to the paper's, the re-embedded catalogue's norms
+    judge uploads, and the work the old model let in, outsized under the new one, does not
+    move their median."""
+    keys = {"api_key": "k", "admin_key": "k", "models_root": Path(tempfile.gettempdir())}
+    with running(store_url, **keys) as client:
+        client.headers["X-API-Key"] = "k"
+        post_items(client, CATALOGUE)
+        assert client.post("/items", json={**LOUD, "id": "before"}).status_code == 200
+        rolled = client.post("/admin/model", json={"model_dir": str(paper_model)})
+        assert rolled.status_code == 200, rolled.text
+        response = client.post("/items", json=LOUD)
+        assert response.status_code == 422, response.text
+        assert client.get("/items/loud").status_code == 404
+        post_items(client, [random_item("fine", seed=99)])
+
+
+def test_normal_pictures_pass_the_norm_guard(store_url: str, picture_model: Path) -> None:
+    """Pictures of every kind (photographs, flat colours, noise) embed near the catalogue's
+    norms, so the guard never refuses a real picture."""
+    with running(store_url, model_dir=picture_model) as client:
+        catalogue = [
+            {"id": f"p{n}", "artist_id": "a", "image_b64": base64.b64encode(data).decode()}
+            for n, data in enumerate(pictures())
+        ]
+        post_items(client, catalogue[1:])
+        assert counts(client) >= MIN_NORM_CATALOGUE
+        files = {"image": ("work.png", pictures()[0], "image/png")}
+        response = client.post("/items", data={"id": "new", "artist_id": "a"}, files=files)
+        assert response.status_code == 200, response.text
+
+
+def pictures() -> list[bytes]:
+    """Twelve PNGs: the two sample photographs, their crops, flat colours and noise."""
+    rng = np.random.default_rng(0)
+    arrays = [load_sample_image("china.jpg"), load_sample_image("flower.jpg")]
+    arrays += [a[y : y + 200, x : x + 300] for a in arrays[:2] for y, x in ((0, 0), (200, 100))]
+    arrays += [np.full((240, 320, 3), colour, np.uint8) for colour in (0, 90, 180, 255)]
+    arrays += [rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(2)]
+    encoded = []
+    for array in arrays:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, "PNG")
+        encoded.append(buffer.getvalue())
+    return encoded
 
 
 # --- bodies that made the service answer 500 (Medium 5) -------------------------------------
