@@ -62,6 +62,8 @@ class ItemIndex:
         self._tombstones: set[int] = set()
         self._vectors: dict[int, np.ndarray] = {}  # slot -> vector, HNSW only (for rebuilds)
         self._norms: dict[int, float] = {}  # slot -> |embedding|, live slots only
+        self._median: float | None = None  # of _norms, as last computed
+        self._norms_changed = 0  # works added or removed since
         self._next_slot = 0
 
     def __len__(self) -> int:
@@ -81,7 +83,14 @@ class ItemIndex:
         with self._lock:
             if not self._norms:
                 return None
-            return float(np.median(np.fromiter(self._norms.values(), np.float64, len(self._norms))))
+            # Recomputed once 1 % of the catalogue has changed since (a sort of a million
+            # lengths costs tens of milliseconds, too much for every upload; moving the median
+            # takes half the catalogue, far more than 1 %).
+            if self._median is None or self._norms_changed > len(self._norms) // 100:
+                norms = np.fromiter(self._norms.values(), np.float64, len(self._norms))
+                self._median = float(np.median(norms))
+                self._norms_changed = 0
+            return self._median
 
     def entry(self, item_id: str) -> Entry | None:
         """The indexed (for sale) item with this id, if any."""
@@ -112,6 +121,7 @@ class ItemIndex:
                 self._slot_by_item[item_id] = slot
                 self._slots_by_artist.setdefault(artist, set()).add(slot)
                 self._norms[slot] = norm
+                self._norms_changed += 1
                 if self.kind == "hnsw":
                     self._vectors[slot] = vector
 
@@ -123,6 +133,7 @@ class ItemIndex:
             for slot in slots:
                 entry = self._entries.pop(slot)
                 del self._norms[slot]
+                self._norms_changed += 1
                 if self._slot_by_item.get(entry.item_id) == slot:
                     del self._slot_by_item[entry.item_id]
                 artist_slots = self._slots_by_artist[entry.artist_id]

@@ -133,3 +133,28 @@ def test_hnsw_compacts_when_tombstones_pile_up() -> None:
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="flat"):
         ItemIndex(DIM, "ivf")
+
+
+def test_median_norm_follows_the_catalogue(kind: str) -> None:
+    """Lengths 1, 2, 3 → 2; a fourth of 10 → 2.5; removals count; and once the catalogue is
+    large, a handful of new works (under 1 %) leaves the figure as last computed."""
+    index = ItemIndex(DIM, kind)
+    assert index.median_norm() is None
+
+    def add(keys: list[int], lengths: list[float]) -> None:
+        vectors = np.zeros((len(keys), DIM), np.float32)
+        vectors[:, 0] = lengths
+        index.upsert(keys, [f"i{k}" for k in keys], ["a"] * len(keys), vectors, [0.0] * len(keys))
+
+    add([1, 2, 3], [1.0, 2.0, 3.0])
+    assert index.median_norm() == pytest.approx(2.0)
+    add([4], [10.0])
+    assert index.median_norm() == pytest.approx(2.5)
+    index.remove([4, 3])
+    assert index.median_norm() == pytest.approx(1.5)
+    add(list(range(10, 410)), [4.0] * 400)
+    assert index.median_norm() == pytest.approx(4.0)
+    add([500, 501, 502], [0.5, 0.5, 0.5])  # 3 of 405: under 1 %, not recomputed
+    assert index.median_norm() == pytest.approx(4.0)
+    index.remove(list(range(10, 410)))
+    assert index.median_norm() == pytest.approx(0.5)  # the lengths left: 1, 2, three of 0.5
