@@ -93,7 +93,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         store = f"sqlite:///{Path(scratch) / 'demo.db'}"
         command = [sys.executable, "-m", "service", "--demo", "--port", str(port)]
-        environment = {**os.environ, "CURATORNET_STORE_URL": store, "CURATORNET_LOG_LEVEL": "warning"}
+        environment = {
+            **os.environ,
+            "CURATORNET_STORE_URL": store,
+            "CURATORNET_LOG_LEVEL": "warning",
+        }
         process = subprocess.Popen(command, cwd=ROOT, env=environment)
         try:
             wait_ready(url, process, seconds=1800)

@@ -34,9 +34,7 @@ class CustomersOut(BaseModel):
     dependencies=[KeyAccess],
     responses=errors(401, 403, 503),
 )
-def customers(
-    store: StoreDep, limit: Annotated[int, Query(ge=1, le=100)] = 8
-) -> CustomersOut:
+def customers(store: StoreDep, limit: Annotated[int, Query(ge=1, le=100)] = 8) -> CustomersOut:
     """A few customers with purchases, for a person to pick one (the storefront page). Who
     buys is personal data, so it needs the API key as histories do."""
     return CustomersOut(user_ids=store.customers(limit))
