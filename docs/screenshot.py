@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "storefront.png")
     parser.add_argument("--width", type=int, default=1400)
-    parser.add_argument("--height", type=int, default=2000)
+    parser.add_argument("--height", type=int, default=2300)
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -13,7 +13,7 @@ import base64
 import io
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -82,7 +82,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveService]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[WebDriver]:
+def browser() -> Iterator[webdriver.Chrome]:
     binary = shutil.which("chromium")
     if binary is None or not CHROMEDRIVER.exists():
         pytest.skip(
@@ -103,8 +103,8 @@ def browser() -> Iterator[WebDriver]:
         driver.quit()
 
 
-def wait(driver: WebDriver, condition, message: str):  # type: ignore[no-untyped-def]
-    return WebDriverWait(driver, WAIT_S).until(lambda d: condition(d), message)
+def wait(driver: WebDriver, condition: Callable[[WebDriver], object], message: str) -> None:
+    WebDriverWait(driver, WAIT_S).until(condition, message)
 
 
 def loaded_pictures(driver: WebDriver, selector: str) -> int:
@@ -117,7 +117,7 @@ def loaded_pictures(driver: WebDriver, selector: str) -> int:
     )
 
 
-def requested_urls(driver: WebDriver) -> list[str]:
+def requested_urls(driver: webdriver.Chrome) -> list[str]:
     urls = []
     for entry in driver.get_log("performance"):
         message = json.loads(entry["message"])["message"]
@@ -127,7 +127,7 @@ def requested_urls(driver: WebDriver) -> list[str]:
 
 
 def test_the_storefront_shows_recommends_finds_similar_and_takes_uploads(
-    service: LiveService, browser: WebDriver, tmp_path: Path
+    service: LiveService, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
     browser.get(f"{service.url}/")
     assert urlsplit(browser.current_url).path == "/ui/"
