@@ -65,8 +65,11 @@ def capture(url: str, out: Path, width: int, height: int) -> None:
     driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
     try:
         wait = WebDriverWait(driver, 60)
+        started = time.monotonic()
         driver.get(f"{url}/ui/?user={CUSTOMER}&k=12")
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#recommendations .card")) == 12)
+        shown = time.monotonic() - started
+        print(f"page opened to 12 recommendations shown: {shown:.2f} s")
         driver.find_element(By.ID, "file").send_keys(str(NEW_WORK))
         driver.find_element(By.ID, "upload-id").send_keys("new-painting-1")
         driver.find_element(By.ID, "upload-artist").send_keys(ARTIST)

@@ -105,7 +105,10 @@ async function thumbnail(id) {
   const img = picture(id, work && work.metadata, (work && work.metadata.title) || id);
   img.title = (work && work.metadata.title) || id;
   img.dataset.itemId = id;
-  img.addEventListener("click", () => showSimilar(id));
+  img.addEventListener("click", (event) => {
+    event.stopPropagation(); // inside a card, the purchase clicked, not the card
+    showSimilar(id);
+  });
   return img;
 }
 
