@@ -23,11 +23,12 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
 from curatornet.painter import looks, paint
-from tests.service.helpers import DEFAULT_MODEL, LiveService
+from tests.service.helpers import DEFAULT_MODEL, LiveService, random_item
 
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 ARTISTS = 4
@@ -154,7 +155,7 @@ def test_the_storefront_shows_recommends_finds_similar_and_takes_uploads(
     assert "artist artist-" in cards[0].text
     assert "Study" in cards[0].text
     assert cards[0].find_elements(By.CSS_SELECTOR, ".because img"), "explained by purchases"
-    assert "personalized" not in browser.find_element(By.ID, "strategy").text
+    assert browser.find_element(By.ID, "strategy").text == "(from 3 purchases)"
 
     # Similar works of the one clicked.
     clicked = cards[0].get_attribute("data-item-id")
@@ -199,3 +200,30 @@ def test_the_storefront_shows_recommends_finds_similar_and_takes_uploads(
         if "Content Security Policy" in entry["message"]
     ]
     assert violations == []
+
+
+def test_with_a_key_the_page_asks_for_it_and_keeps_it_in_the_session(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    key = "storefront-key"
+    live = LiveService(f"sqlite:///{tmp_path / 'store.db'}", CURATORNET_API_KEY=key)
+    try:
+        keyed = {"X-API-Key": key}
+        assert live.client.post("/items", json=random_item("a"), headers=keyed).status_code == 200
+        sale = {"user_id": "buyer", "item_ids": ["a"]}
+        assert live.client.post("/purchases", json=sale, headers=keyed).status_code == 201
+        browser.get(f"{live.url}/ui/?user=buyer")
+        wait(browser, lambda d: "401" in d.find_element(By.ID, "errors").text, "a 401 shown")
+        assert "API key" in browser.find_element(By.ID, "candidates").text
+        browser.find_element(By.ID, "api-key").send_keys(key, Keys.TAB)
+        picker = "#candidates button[data-user='buyer']"
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, picker), "customers listed")
+        browser.find_element(By.CSS_SELECTOR, picker).click()
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#purchases img"), "history")
+        stored = browser.execute_script("return sessionStorage.getItem('curatornet-api-key')")
+        assert stored == key
+        assert browser.execute_script("return localStorage.length") == 0
+        assert key not in browser.current_url
+    finally:
+        browser.execute_script("sessionStorage.clear()")
+        live.stop()
