@@ -109,12 +109,18 @@ def wait(driver: WebDriver, condition: Callable[[WebDriver], object], message: s
 
 
 def loaded_pictures(driver: WebDriver, selector: str) -> int:
-    """How many pictures under `selector` have loaded with a width, those that have not yet
-    counted as none (a 404 from /items/{id}/image is followed by its fallback)."""
+    """How many pictures under `selector` have loaded with a width. One that failed (a 404
+    from /items/{id}/image) has none until the page's fallback for it has loaded."""
     return driver.execute_script(
         "return [...document.querySelectorAll(arguments[0])]"
-        ".filter(i => i.complete && i.naturalWidth > 0 && !i.src.endsWith('/image')).length",
+        ".filter(i => i.complete && i.naturalWidth > 0).length",
         selector,
+    )
+
+
+def picture_sources(driver: WebDriver, selector: str) -> list[str]:
+    return driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(i => i.src)", selector
     )
 
 
@@ -147,6 +153,14 @@ def test_the_storefront_shows_recommends_finds_similar_and_takes_uploads(
         lambda d: loaded_pictures(d, "#recommendations .card > img") == K,
         f"{K} recommendation pictures loaded",
     )
+    # Each from the work's own picture endpoint, its image_url, or the page's placeholder.
+    for card, source in zip(
+        browser.find_elements(By.CSS_SELECTOR, "#recommendations .card"),
+        picture_sources(browser, "#recommendations .card > img"),
+        strict=True,
+    ):
+        own = f"{service.url}/items/{card.get_attribute('data-item-id')}/image"
+        assert source in (own, f"{service.url}{APP_PICTURE}") or source.startswith("data:")
     assert f"user={CUSTOMER}" in browser.current_url
     assert f"k={K}" in browser.current_url
     wait(browser, lambda d: loaded_pictures(d, "#purchases img") == 3, "3 purchases shown")
