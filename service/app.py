@@ -19,7 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from service.api import admin, health, items, purchases, recommend, users
+from service.api import admin, health, items, purchases, recommend, storefront, users
 from service.config import Settings
 from service.follower import Follower
 from service.index import ItemIndex
@@ -110,9 +110,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    routers = (items, purchases, users, recommend, health, admin)
+    routers = (items, purchases, users, recommend, health, admin, storefront)
     for router in (module.router for module in routers):
         app.include_router(router)
+    app.mount(storefront.PAGE_PATH, storefront.page_files(), name="storefront")
 
     @app.exception_handler(ItemsRefused)
     async def items_refused(request: Request, error: ItemsRefused) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""/users/{id}/history: what a customer bought, oldest first."""
+"""/users: a few customers to look at; /users/{id}/history: what one bought, oldest first."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.api.deps import KeyAccess, StoreDep
 from service.api.schemas import errors
@@ -22,6 +22,22 @@ class PurchaseEntry(BaseModel):
 class HistoryOut(BaseModel):
     user_id: str
     purchases: list[PurchaseEntry]
+
+
+class CustomersOut(BaseModel):
+    user_ids: list[str] = Field(description="customers with purchases, by id")
+
+
+@router.get(
+    "/users",
+    response_model=CustomersOut,
+    dependencies=[KeyAccess],
+    responses=errors(401, 403, 503),
+)
+def customers(store: StoreDep, limit: Annotated[int, Query(ge=1, le=100)] = 8) -> CustomersOut:
+    """A few customers with purchases, for a person to pick one (the storefront page). Who
+    buys is personal data, so it needs the API key as histories do."""
+    return CustomersOut(user_ids=store.customers(limit))
 
 
 @router.get(

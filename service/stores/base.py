@@ -244,6 +244,10 @@ class Store(Protocol):
     def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:
         """The user's purchases, oldest first; the last `limit` of them when given."""
 
+    def customers(self, limit: int) -> list[str]:
+        """Ids of up to `limit` customers with purchases, by id: a few to show, cheap at any
+        number of customers (which ones is not a ranking)."""
+
     def catalogue(self) -> Catalogue:
         """Every item for sale, to build the index from."""
 

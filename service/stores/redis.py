@@ -541,6 +541,17 @@ class RedisStore(Store):
         )
         return [Purchase(member[SEQ_WIDTH:].decode(), timestamp) for member, timestamp in rows]
 
+    def customers(self, limit: int) -> list[str]:
+        # SSCAN reads a bounded slice of the set per call, never the whole of it as SORT
+        # would; the ids it met are sorted as SQLite's are.
+        found: set[bytes] = set()
+        cursor = 0
+        while True:
+            cursor, members = self._redis.sscan(USERS, cursor, count=max(limit, 100))
+            found.update(members)
+            if cursor == 0 or len(found) >= limit:
+                return sorted(member.decode() for member in found)[:limit]
+
     def catalogue(self) -> Catalogue:
         keys: list[int] = []
         ids: list[str] = []

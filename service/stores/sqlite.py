@@ -365,6 +365,13 @@ class SQLiteStore(Store):
         )
         return [Purchase(item_id, timestamp) for item_id, timestamp in reversed(rows)]
 
+    def customers(self, limit: int) -> list[str]:
+        # purchases_by_user is ordered by user_id: DISTINCT walks it and stops after `limit`.
+        rows = self._read(
+            "SELECT DISTINCT user_id FROM purchases ORDER BY user_id LIMIT ?", (limit,)
+        )
+        return [row[0] for row in rows]
+
     def catalogue(self) -> Catalogue:
         rows = self._read(
             "SELECT key, id, artist_id, embedding, model_version, updated_at FROM items "

@@ -242,6 +242,8 @@ def test_writes_need_the_api_key_when_one_is_configured(store_url: str) -> None:
         assert client.get("/users/u/history").status_code == 401  # histories are personal
         assert client.get("/users/u/history", headers={"X-API-Key": "no"}).status_code == 403
         assert client.get("/users/u/history", headers={"X-API-Key": KEY}).status_code == 200
+        assert client.get("/users").status_code == 401  # who buys is personal too
+        assert client.get("/users", headers={"X-API-Key": KEY}).json() == {"user_ids": ["u"]}
         assert recommend(client, history=["a"])["strategy"] == "personalized"  # a visitor's
         # A customer's recommendations name their purchases (explain), or reveal them (with
         # and without exclude_purchased): personal too.
@@ -343,6 +345,17 @@ def test_history_is_returned_oldest_first(client: TestClient) -> None:
     assert history[0]["timestamp"] == "2023-12-31T23:00:00Z"
     assert len(client.get("/users/u/history", params={"limit": 1}).json()["purchases"]) == 1
     assert client.get("/users/nobody/history").status_code == 404
+
+
+def test_a_few_customers_with_purchases_are_listed_by_id(client: TestClient) -> None:
+    assert client.get("/users").json() == {"user_ids": []}
+    post_items(client, [random_item(i, seed=n) for n, i in enumerate("abcd")])
+    for user, item in (("zoe", "a"), ("ann", "b"), ("max", "c"), ("ann", "d")):
+        body = {"user_id": user, "item_ids": [item]}
+        assert client.post("/purchases", json=body).status_code == 201
+    assert client.get("/users").json() == {"user_ids": ["ann", "max", "zoe"]}
+    assert client.get("/users", params={"limit": 2}).json() == {"user_ids": ["ann", "max"]}
+    assert client.get("/users", params={"limit": 0}).status_code == 422
 
 
 # --- recommendations --------------------------------------------------------------------------
