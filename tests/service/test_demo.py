@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from curatornet.model_loader import LoadOptions, load_model
+from curatornet.painter import looks, paint
 from curatornet.synthetic import MarketConfig, generate
 from service.demo import load_demo_market
 from service.index import ItemIndex
 from service.indexing import CatalogueIndex
+from service.pictures import web_copy
 from service.stores import open_store
 from service.stores.base import Store
 from tests.service.helpers import DEFAULT_MODEL, FEATURES_MODEL, exported
@@ -53,6 +55,12 @@ def test_the_picture_model_gets_the_market_painted_once(
     assert str(cache) in caplog.text
     some = [str(i) for i in market.item_ids[:5]]
     assert sorted(second.get_items(some)) == sorted(some)
+    # Every work is stored with its painting, at the painter's 256 pixels, as an upload's is.
+    styles = generate(MarketConfig().scaled(SCALE), seed=0, features=False).truth.item_style
+    for row in (0, len(market.item_ids) - 1):
+        painting = paint(looks(styles[row : row + 1])[0], str(market.item_ids[row]))
+        assert second.picture(str(market.item_ids[row])) == web_copy(painting)
+    assert "with their paintings" in caplog.text
 
     new_works = sorted((tmp_path / "demo" / "new-works").glob("*.jpg"))
     assert len(new_works) == 3
