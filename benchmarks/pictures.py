@@ -51,10 +51,6 @@ def jpeg_paintings(count: int) -> list[bytes]:
     return pictures
 
 
-def start(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=cwd, env={**os.environ, **env})
-
-
 def uploads_per_second(checkout: Path, store_url: str, pictures: list[bytes], count: int) -> float:
     """`count` form uploads, one after another, to the service run from `checkout`."""
     port = free_port()
@@ -65,7 +61,9 @@ def uploads_per_second(checkout: Path, store_url: str, pictures: list[bytes], co
         "CURATORNET_LOG_LEVEL": "warning",
     }
     # `python -m service` from the checkout's root imports that checkout's service package.
-    process = start([sys.executable, "-m", "service"], checkout, env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=checkout, env={**os.environ, **env}
+    )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
         deadline = time.monotonic() + 60
@@ -98,8 +96,10 @@ def measure(checkout: Path, pictures: list[bytes], count: int, work: Path) -> di
     database = work / "store.db"
     sqlite_rate = uploads_per_second(checkout, f"sqlite:///{database}", pictures, count)
     port = free_port()
-    server = start(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"], work, {}
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        cwd=work,
+        stdout=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port)
     try:
