@@ -8,7 +8,7 @@ paintings at 768 pixels, saved as JPEG as a storefront would send them; each is 
 most 512 pixels on its longer side.
 
     mkdir /tmp/before && git archive $(git merge-base main HEAD) | tar -x -C /tmp/before
-    ./dev run python benchmarks/pictures.py --before /tmp/before [--uploads 200]
+    ./dev run python benchmarks/pictures.py --before /tmp/before [--uploads 200] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--before", type=Path, required=True, help="a checkout without pictures")
     parser.add_argument("--uploads", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pictures.json")
     args = parser.parse_args(argv)
     if shutil.which("redis-server") is None:
@@ -142,10 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         "uploads": args.uploads,
         "mean_upload_kb": float(np.mean([len(p) for p in pictures]) / 1024),
     }
-    for name, checkout in (("before", args.before.resolve()), ("after", ROOT)):
-        with tempfile.TemporaryDirectory() as work:
-            results[name] = measure(checkout, pictures, args.uploads, Path(work))
-        print(name, json.dumps(results[name]))
+    # Before and after take turns, and each keeps its best round: on a shared machine other
+    # work only ever slows a round down.
+    for _ in range(args.rounds):
+        for name, checkout in (("before", args.before.resolve()), ("after", ROOT)):
+            with tempfile.TemporaryDirectory() as work:
+                measured = measure(checkout, pictures, args.uploads, Path(work))
+            print(name, json.dumps(measured))
+            best = results.setdefault(name, measured)
+            for key in ("sqlite_uploads_per_s", "redis_uploads_per_s"):
+                best[key] = max(best[key], measured[key])
     before, after = results["before"], results["after"]
     for store in ("sqlite", "redis"):
         extra = after[f"{store}_bytes_per_work"] - before[f"{store}_bytes_per_work"]
