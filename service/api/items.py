@@ -35,7 +35,7 @@ from service.api.deps import (
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
 from service.api.schemas import Identifier, RecommendedItem, errors, invalid
 from service.ingest import Upload, UploadRefused, ingest
-from service.pictures import CACHE_CONTROL, MEDIA_TYPE, etag, not_modified
+from service.pictures import CACHE_CONTROL, MAX_SIDE, MEDIA_TYPE, etag, not_modified
 
 router = APIRouter(tags=["items"])
 
@@ -345,7 +345,7 @@ def get_item(
     response_class=Response,
     responses={
         200: {
-            "description": "the work's picture, at most 512 pixels on its longer side",
+            "description": f"the work's picture, at most {MAX_SIDE} pixels on its longer side",
             "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
         },
         304: {"description": "If-None-Match names the current ETag: the client's copy is current"},
