@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from service.pictures import MAX_SIDE, MEDIA_TYPE
+from service.pictures import MAX_SIDE, MEDIA_TYPE, not_modified
 from tests.service.helpers import DEFAULT_MODEL, LiveService, random_item
 
 
@@ -108,3 +108,13 @@ def test_a_refused_batch_stores_no_picture(service: httpx.Client) -> None:
     assert service.post("/items", json=exhausted).status_code == 409
     assert service.get("/items/p1/image").status_code == 404
     assert service.get("/items/sold/image").status_code == 404
+
+
+def test_if_none_match_is_compared_weakly_and_takes_lists_and_a_star() -> None:
+    tag = '"abc"'
+    assert not_modified(tag, tag)
+    assert not_modified('W/"abc"', tag)  # a proxy may weaken it
+    assert not_modified('"x", "abc"', tag)
+    assert not_modified("*", tag)
+    assert not not_modified('"abcd"', tag)
+    assert not not_modified(None, tag)
