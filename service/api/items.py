@@ -35,7 +35,14 @@ from service.api.deps import (
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
 from service.api.schemas import Identifier, RecommendedItem, errors, invalid
 from service.ingest import Upload, UploadRefused, ingest
-from service.pictures import CACHE_CONTROL, MAX_SIDE, MEDIA_TYPE, etag, not_modified
+from service.pictures import (
+    CACHE_CONTROL,
+    MAX_SIDE,
+    MEDIA_TYPE,
+    etag,
+    not_modified,
+    repainted,
+)
 
 router = APIRouter(tags=["items"])
 
@@ -361,10 +368,13 @@ def get_item_image(
     when an API key guards histories: a storefront shows it to anyone."""
     picture = store.picture(item_id)
     if picture is None:
-        known = item_id in store.get_items([item_id])
-        raise HTTPException(
-            404, f"item {item_id!r} has no picture" if known else f"no item {item_id!r}"
-        )
+        item = store.get_items([item_id]).get(item_id)
+        picture = None if item is None else repainted(item)  # the demo's works
+        if picture is None:
+            known = item is not None
+            raise HTTPException(
+                404, f"item {item_id!r} has no picture" if known else f"no item {item_id!r}"
+            )
     tag = etag(picture)
     headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
     if not_modified(if_none_match, tag):

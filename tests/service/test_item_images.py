@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_image
 
-from service.pictures import MAX_SIDE, MEDIA_TYPE, not_modified
+from service.pictures import MAX_SIDE, MEDIA_TYPE, PAINTED_STYLE, STYLE_DIM, not_modified
 from tests.service.helpers import DEFAULT_MODEL, LiveService, random_item
 
 
@@ -88,6 +88,15 @@ def test_pictures_are_kept_served_revalidated_replaced_and_deleted(
     assert gone.status_code == 404
     assert gone.json() == {"detail": "item 'b64' has no picture"}
     assert service.get("/items/b64").json()["metadata"]["image_url"].endswith("b64.jpg")
+
+    # A work carrying the demo's painted_style is repainted, at the painter's 256 pixels.
+    demo = random_item("demo", "a1", dim=1280)
+    demo["metadata"] = {PAINTED_STYLE: [0.5] * STYLE_DIM}
+    bad = random_item("bad", "a1", dim=1280)
+    bad["metadata"] = {PAINTED_STYLE: [1e6] * STYLE_DIM}  # nothing the generator makes
+    assert service.post("/items", json={"items": [demo, bad]}).status_code == 200
+    assert served(service, "demo").size == (256, 256)
+    assert service.get("/items/bad/image").status_code == 404
 
     assert service.delete("/items/form").status_code == 200
     assert service.get("/items/form/image").json() == {"detail": "no item 'form'"}
