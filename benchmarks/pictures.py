@@ -1,5 +1,6 @@
 """What keeping a picture per artwork costs (issue 16): bytes stored per work in SQLite and in
-Redis, and picture uploads per second through `POST /items`, with and without the pictures.
+Redis, and picture uploads per second through `POST /items`, with and without the pictures;
+and what storing the `--demo` market's paintings would cost, which it repaints instead.
 
 The same uploads go, in the same run, to the real service (`python -m service`, serving the
 shipped models/default) from this checkout and from `--before`, a checkout without pictures,
@@ -33,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from curatornet.painter import looks, paint  # noqa: E402
+from curatornet.synthetic import MarketConfig, generate  # noqa: E402
+from service.pictures import web_copy  # noqa: E402
 
 
 def free_port() -> int:
@@ -129,11 +132,31 @@ def measure(checkout: Path, pictures: list[bytes], count: int, work: Path) -> di
     }
 
 
+def demo_paintings(sample: int) -> dict:
+    """What `--demo` would store per work, and for the whole market, had it stored paintings
+    instead of repainting them on demand: `sample` random works painted and encoded."""
+    market = generate(MarketConfig(), seed=0, features=False)
+    ids, styles = market.dataset.item_ids, market.truth.item_style
+    rows = np.random.default_rng(0).choice(len(ids), sample, replace=False)
+    began, sizes = time.perf_counter(), []
+    for row in rows:
+        sizes.append(len(web_copy(paint(looks(styles[row : row + 1])[0], str(ids[row]))).data))
+    per_work = (time.perf_counter() - began) / sample
+    return {
+        "works": len(ids),
+        "ms_per_painting": per_work * 1000,
+        "kb_per_painting": float(np.mean(sizes)) / 1024,
+        "market_seconds": per_work * len(ids),
+        "market_mib": float(np.mean(sizes)) * len(ids) / 2**20,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--before", type=Path, required=True, help="a checkout without pictures")
     parser.add_argument("--uploads", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--demo-sample", type=int, default=500)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/pictures.json")
     args = parser.parse_args(argv)
     if shutil.which("redis-server") is None:
@@ -161,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{after[f'{store}_uploads_per_s']:.1f} picture uploads/s; "
             f"{extra / 1024:.1f} KB more per work"
         )
+    demo = results["demo"] = demo_paintings(args.demo_sample)
+    print(
+        f"demo: {demo['ms_per_painting']:.1f} ms and {demo['kb_per_painting']:.1f} KB a painting; "
+        f"all {demo['works']}: {demo['market_seconds']:.0f} s, {demo['market_mib']:.0f} MiB"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {args.out}")
