@@ -3,6 +3,7 @@ at GET /items/{id}/image, so a storefront can show the work without keeping the 
 
 The copy is made from the picture ingest already decoded: no second decode, and never from
 what a client could not have uploaded (the checks of `service.ingest.decode` come first).
+The demo market's works are not uploaded pictures: they are repainted from their style.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def web_copy(image: Image.Image) -> Picture:
 
 # The metadata field where `--demo` keeps each work's latent style, so that its painting is
 # repainted on demand (GET /items/{id}/image) instead of stored: 13,297 stored paintings
-# would cost about 310 MiB and 94 s of the first start-up; a repainting costs 7 ms, once per
-# process for the REPAINTED most recently shown.
+# would cost about 310 MiB and 94 to 150 s of the first start-up (README); a repainting costs
+# 7 to 11 ms, once per process for the REPAINTED most recently shown.
 PAINTED_STYLE = "painted_style"
 STYLE_DIM = 16  # the synthetic market's style_dim
 # Beyond this a style is nothing the generator makes, and the painter's softmax overflows.

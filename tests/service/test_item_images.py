@@ -127,3 +127,15 @@ def test_if_none_match_is_compared_weakly_and_takes_lists_and_a_star() -> None:
     assert not_modified("*", tag)
     assert not not_modified('"abcd"', tag)
     assert not not_modified(None, tag)
+
+
+def test_pictures_stay_public_when_a_key_guards_writes_and_histories(store_url: str) -> None:
+    live = LiveService(store_url, CURATORNET_MODEL_DIR=str(DEFAULT_MODEL), CURATORNET_API_KEY="k")
+    try:
+        assert form_upload(live.client, "w", jpeg()).status_code == 401
+        live.client.headers["X-API-Key"] = "k"
+        assert form_upload(live.client, "w", jpeg()).status_code == 200
+        del live.client.headers["X-API-Key"]
+        served(live.client, "w")
+    finally:
+        live.stop()
