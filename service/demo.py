@@ -9,6 +9,10 @@ A model that takes pictures (its manifest names an image encoder) gets the marke
 pixels and encoded, as it was trained: a minute or two once, then read from a cache keyed
 on everything that decides the features. The demo also paints a few new works in the style
 of the one artist a customer has ever bought, to upload and watch reach that customer.
+
+Every work keeps its latent style in its metadata (`painted_style`), from which
+GET /items/{id}/image repaints it on demand (`service.pictures.repainted`): storing 13,297
+paintings would cost about 310 MiB and 94 s of the first start-up, the style 300 bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from curatornet.model_loader import LoadedModel
 from curatornet.painter import looks, paint, styles_like
 from curatornet.synthetic import Market, MarketConfig, generate
 from service.indexing import CatalogueIndex
+from service.pictures import PAINTED_STYLE
 from service.stores.base import NewItem, Store
 
 log = logging.getLogger("service.demo")
@@ -61,7 +66,10 @@ def load_demo_market(
                     embedding=embedding,
                     edition_size=None if data.edition_size[i] == 1 else int(data.edition_size[i]),
                     stock=int(data.edition_size[i]),
-                    metadata={"title": f"Synthetic work {data.item_ids[i]}"},
+                    metadata={
+                        "title": f"Synthetic work {data.item_ids[i]}",
+                        PAINTED_STYLE: [float(v) for v in market.truth.item_style[i]],
+                    },
                     model_version=model.version,
                 )
                 for i, embedding in zip(rows, embeddings, strict=True)

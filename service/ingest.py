@@ -22,7 +22,8 @@ from curatornet.image_encoder import preprocess
 from curatornet.model_loader import LoadedModel
 from service.config import Settings
 from service.indexing import CatalogueIndex, Serving
-from service.stores.base import NewItem
+from service.pictures import web_copy
+from service.stores.base import NewItem, Picture
 
 ACCEPTED_FORMATS = {"JPEG", "PNG", "WEBP"}
 # What a form's declared content type says the picture is; a picture of another format is
@@ -141,6 +142,7 @@ def ingest(
     problems: list[Problem] = []
     vectors: list[np.ndarray] = []
     pictures: dict[int, np.ndarray] = {}  # preprocessed at once: full-size pixels never pile up
+    web: dict[int, Picture] = {}  # the web-sized copies the store keeps
     seen: dict[str, int] = {}
     fields: list[str] = []  # where each upload's features came from
     largest = settings.max_feature_magnitude
@@ -149,7 +151,7 @@ def ingest(
             fields.append("image" if upload.image is not None else "image_b64")
             vectors.append(np.zeros(model.feature_dim, np.float32))  # filled in once all pass
             try:
-                pictures[n] = _picture(upload, model, settings)
+                pictures[n], web[n] = _picture(upload, model, settings)
             except ImageError as error:
                 problems.append(Problem(n, (fields[n],), str(error), error.status))
         else:
@@ -198,8 +200,11 @@ def ingest(
                 u.stock,
                 u.metadata,
                 model.version,
+                web.get(n),
             )
-            for u, features, embedding in zip(uploads, vectors, embeddings, strict=True)
+            for n, (u, features, embedding) in enumerate(
+                zip(uploads, vectors, embeddings, strict=True)
+            )
         ]
     )
     return Ingested(result.created, result.updated, len(catalogue.serving.index))
@@ -246,8 +251,9 @@ def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | No
     return features, "features", None
 
 
-def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> np.ndarray:
-    """The upload's picture decoded once and preprocessed for the model's encoder."""
+def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> tuple[np.ndarray, Picture]:
+    """The upload's picture decoded once, preprocessed for the model's encoder and copied at
+    web size for the store."""
     if model.image_encoder is None:
         raise ImageError(
             f"the model being served ({model.version}) takes feature vectors: its manifest "
@@ -266,4 +272,4 @@ def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> np.ndarr
             f"a {width}x{height} picture: one side may be at most {MAX_ASPECT_RATIO} times "
             "the other"
         )
-    return preprocess(image, model.image_encoder.steps)
+    return preprocess(image, model.image_encoder.steps), web_copy(image)

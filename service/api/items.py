@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Form, HTTPException, Path, Query, UploadFile
+from fastapi import APIRouter, Body, Form, Header, HTTPException, Path, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -35,6 +35,14 @@ from service.api.deps import (
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
 from service.api.schemas import Identifier, RecommendedItem, errors, invalid
 from service.ingest import Upload, UploadRefused, ingest
+from service.pictures import (
+    CACHE_CONTROL,
+    MAX_SIDE,
+    MEDIA_TYPE,
+    etag,
+    not_modified,
+    repainted,
+)
 
 router = APIRouter(tags=["items"])
 
@@ -337,6 +345,41 @@ def get_item(
         updated_at=_timestamp(item.updated_at),
         features=[float(v) for v in item.features] if include_features else None,
     )
+
+
+@router.get(
+    "/items/{item_id}/image",
+    response_class=Response,
+    responses={
+        200: {
+            "description": f"the work's picture, at most {MAX_SIDE} pixels on its longer side",
+            "content": {MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        304: {"description": "If-None-Match names the current ETag: the client's copy is current"},
+        **errors(404, 503),
+    },
+)
+def get_item_image(
+    item_id: Annotated[str, Path()],
+    store: StoreDep,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    """The picture the work was uploaded as, web-sized. Public, like the work itself, even
+    when an API key guards histories: a storefront shows it to anyone."""
+    picture = store.picture(item_id)
+    if picture is None:
+        item = store.get_items([item_id]).get(item_id)
+        picture = None if item is None else repainted(item)  # the demo's works
+        if picture is None:
+            known = item is not None
+            raise HTTPException(
+                404, f"item {item_id!r} has no picture" if known else f"no item {item_id!r}"
+            )
+    tag = etag(picture)
+    headers = {"ETag": tag, "Cache-Control": CACHE_CONTROL}
+    if not_modified(if_none_match, tag):
+        return Response(status_code=304, headers=headers)
+    return Response(picture.data, media_type=picture.media_type, headers=headers)
 
 
 @router.delete(

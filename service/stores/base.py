@@ -52,6 +52,14 @@ class EditionExhaustedError(ItemsRefused):
 
 
 @dataclass(frozen=True)
+class Picture:
+    """A stored artwork's web-sized picture (`service.pictures`) and its media type."""
+
+    data: bytes
+    media_type: str
+
+
+@dataclass(frozen=True)
 class NewItem:
     """An artwork as the API hands it to the store, already embedded by the current model."""
 
@@ -65,6 +73,9 @@ class NewItem:
     stock: int | None
     metadata: dict[str, Any] = field(default_factory=dict)
     model_version: str = ""  # the model that computed `embedding`
+    # The web-sized picture the work was uploaded as. An upload replaces the whole work: one
+    # as features leaves it with none, so no picture outlives the features it showed.
+    picture: Picture | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,10 @@ class Store(Protocol):
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         """The stored items among `item_ids` (unknown ids are simply absent)."""
 
+    def picture(self, item_id: str) -> Picture | None:
+        """The picture of a work not deleted; None when unknown, deleted or uploaded without
+        one. Read apart from `get_items`, so no other read carries its bytes."""
+
     def embeddings(self, item_ids: list[str], model_version: str) -> dict[str, np.ndarray]:
         """Stored embeddings computed by `model_version`, deleted items included (they still
         describe their buyers); items embedded by another model are left out."""
@@ -224,7 +239,8 @@ class Store(Protocol):
         """Items by index key, deleted ones included: what the change-log follower reads."""
 
     def delete_item(self, item_id: str) -> Item | None:
-        """Take an item off the catalogue; it stays in histories. None when unknown."""
+        """Take an item off the catalogue; it stays in histories, its picture goes. None when
+        unknown."""
 
     def record_purchase(
         self,

@@ -7,8 +7,9 @@ script back. The change log is a stream whose entry ids are the cursor other pro
 Layout, under PREFIX: `item:{id}` hashes; `keys` (index key -> id) and `key_counter`; `live`
 (ids not deleted); `newest` and `best_sellers`, sorted sets of the items for sale (scored by
 created_at and by units sold); `history:{user}` sorted sets scored by timestamp; `users`;
-`purchase_count`; the `changes` stream; `purchase_key:{key}`, a purchase's idempotency key
-(expiring after a day).
+`purchase_count`; the `changes` stream; `picture:{id}`, a work's picture (a hash of `data`
+and `type`, apart from the item so reading an item never carries it); `purchase_key:{key}`, a
+purchase's idempotency key (expiring after a day).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from service.stores.base import (
     Item,
     NewItem,
     NotForSaleError,
+    Picture,
     Purchase,
     Sale,
     Store,
@@ -101,14 +103,15 @@ end
 """
 
 # ARGV: prefix, now, then id, artist_id, features, embedding, edition_size, stock, metadata,
-# model_version per item. Returns {'exhausted', ids} having written nothing when a given stock
-# is more than the edition has left unsold, else {'ok', {key, created (0 or 1)} per item}.
+# model_version, picture, picture media type ('' and '' for none) per item. Returns
+# {'exhausted', ids} having written nothing when a given stock is more than the edition has
+# left unsold, else {'ok', {key, created (0 or 1)} per item}.
 UPSERT = (
     COMMON
     + """
 local now = ARGV[2]
 local exhausted = {}
-for i = 3, #ARGV, 8 do
+for i = 3, #ARGV, 10 do
   local id, edition, stock = ARGV[i], ARGV[i + 4], ARGV[i + 5]
   if stock ~= '' then
     local sold = tonumber(redis.call('HGET', item_key(id), 'sold') or '0')
@@ -121,8 +124,9 @@ if #exhausted > 0 then
   return {'exhausted', exhausted}
 end
 local result = {}
-for i = 3, #ARGV, 8 do
-  local id, artist, features, embedding, edition, stock, metadata, version = unpack(ARGV, i, i + 7)
+for i = 3, #ARGV, 10 do
+  local id, artist, features, embedding, edition, stock, metadata, version, picture, kind =
+    unpack(ARGV, i, i + 9)
   local item = item_key(id)
   local key = redis.call('HGET', item, 'key')
   local created = 0
@@ -146,6 +150,11 @@ for i = 3, #ARGV, 8 do
   redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
     'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
     'deleted', 0, 'model_version', version)
+  if picture == '' then
+    redis.call('DEL', prefix .. 'picture:' .. id)
+  else
+    redis.call('HSET', prefix .. 'picture:' .. id, 'data', picture, 'type', kind)
+  end
   redis.call('SADD', prefix .. 'live', id)
   refresh(id)
   log_change(key)
@@ -183,6 +192,7 @@ if redis.call('HGET', item, 'deleted') ~= '0' then
 end
 redis.call('HSET', item, 'deleted', 1, 'updated_at', now)
 redis.call('SREM', prefix .. 'live', id)
+redis.call('DEL', prefix .. 'picture:' .. id)
 refresh(id)
 log_change(redis.call('HGET', item, 'key'))
 return redis.call('HGETALL', item)
@@ -400,6 +410,8 @@ class RedisStore(Store):
                 "" if item.stock is None else int(item.stock),
                 json.dumps(item.metadata),
                 item.model_version,
+                b"" if item.picture is None else item.picture.data,
+                "" if item.picture is None else item.picture.media_type,
             ]
         status, result = self._upsert(args=args)
         if status == b"exhausted":
@@ -432,6 +444,11 @@ class RedisStore(Store):
             for item_id in chunk:
                 pipe.hmget(_item_key(item_id), *fields)
             yield from zip(chunk, pipe.execute(), strict=True)
+
+    def picture(self, item_id: str) -> Picture | None:
+        # Only a live work has one: deleting a work deletes its picture in the same script.
+        data, kind = self._redis.hmget(f"{PREFIX}picture:{item_id}", "data", "type")
+        return None if data is None else Picture(data, kind.decode())
 
     def embeddings(self, item_ids: list[str], model_version: str) -> dict[str, np.ndarray]:
         rows = self._fields(item_ids, "embedding", "model_version")

@@ -27,6 +27,7 @@ from service.stores.base import (
     Item,
     NewItem,
     NotForSaleError,
+    Picture,
     Purchase,
     Sale,
     Store,
@@ -90,6 +91,12 @@ CREATE TABLE IF NOT EXISTS purchase_keys (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS purchase_keys_by_age ON purchase_keys (created_at);
+-- Pictures apart from items: scans of the catalogue never page through their bytes.
+CREATE TABLE IF NOT EXISTS pictures (
+    key INTEGER PRIMARY KEY REFERENCES items (key),
+    media_type TEXT NOT NULL,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key INTEGER NOT NULL
@@ -219,6 +226,13 @@ class SQLiteStore(Store):
                 else:
                     updated.append(item.id)
                 keys.append(row[0])
+                if item.picture is None:
+                    db.execute("DELETE FROM pictures WHERE key = ?", (row[0],))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO pictures (key, media_type, data) VALUES (?, ?, ?)",
+                        (row[0], item.picture.media_type, item.picture.data),
+                    )
             db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in keys])
         return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
 
@@ -243,6 +257,14 @@ class SQLiteStore(Store):
                 f"SELECT {columns} FROM items WHERE id IN ({marks}) AND {condition}", chunk
             )
         return rows
+
+    def picture(self, item_id: str) -> Picture | None:
+        rows = self._read(
+            "SELECT p.data, p.media_type FROM pictures p JOIN items i ON i.key = p.key "
+            "WHERE i.id = ? AND i.deleted = 0",
+            (item_id,),
+        )
+        return Picture(*rows[0]) if rows else None
 
     def embeddings(self, item_ids: list[str], model_version: str) -> dict[str, np.ndarray]:
         rows = self._select_ids("id, embedding, model_version", item_ids)
@@ -305,6 +327,7 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is not None:
                 db.execute("INSERT INTO changes (key) VALUES (?)", (row[0],))
+                db.execute("DELETE FROM pictures WHERE key = ?", (row[0],))
         return None if row is None else _row_to_item(row)
 
     def record_purchase(

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 from curatornet.model_loader import LoadOptions, load_model
+from curatornet.painter import looks, paint
 from curatornet.synthetic import MarketConfig, generate
 from service.demo import load_demo_market
 from service.index import ItemIndex
 from service.indexing import CatalogueIndex
+from service.pictures import repainted, web_copy
 from service.stores import open_store
 from service.stores.base import Store
 from tests.service.helpers import DEFAULT_MODEL, FEATURES_MODEL, exported
@@ -53,6 +55,13 @@ def test_the_picture_model_gets_the_market_painted_once(
     assert str(cache) in caplog.text
     some = [str(i) for i in market.item_ids[:5]]
     assert sorted(second.get_items(some)) == sorted(some)
+    # Every work keeps its style, from which its picture is the generator's very painting.
+    styles = generate(MarketConfig().scaled(SCALE), seed=0, features=False).truth.item_style
+    for row in (0, len(market.item_ids) - 1):
+        work = str(market.item_ids[row])
+        painting = web_copy(paint(looks(styles[row : row + 1])[0], work))
+        assert second.picture(work) is None  # nothing stored
+        assert repainted(second.get_items([work])[work]) == painting
 
     new_works = sorted((tmp_path / "demo" / "new-works").glob("*.jpg"))
     assert len(new_works) == 3
