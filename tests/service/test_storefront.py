@@ -48,8 +48,8 @@ def jpeg(image: Image.Image) -> bytes:
 
 
 def painted_market() -> list[dict]:
-    """Works painted in each artist's look, as POST /items takes them; every other one names
-    a picture by URL, the rest fall back to the page's placeholder."""
+    """Works painted in each artist's look, as POST /items takes them (so each has its stored
+    picture, which the page must prefer to the `image_url` every other one also names)."""
     works = []
     for artist, look in enumerate(STYLES):
         for n in range(WORKS_PER_ARTIST):
@@ -153,14 +153,13 @@ def test_the_storefront_shows_recommends_finds_similar_and_takes_uploads(
         lambda d: loaded_pictures(d, "#recommendations .card > img") == K,
         f"{K} recommendation pictures loaded",
     )
-    # Each from the work's own picture endpoint, its image_url, or the page's placeholder.
+    # Every work was uploaded as a picture, so each card shows its own stored one.
     for card, source in zip(
         browser.find_elements(By.CSS_SELECTOR, "#recommendations .card"),
         picture_sources(browser, "#recommendations .card > img"),
         strict=True,
     ):
-        own = f"{service.url}/items/{card.get_attribute('data-item-id')}/image"
-        assert source in (own, f"{service.url}{APP_PICTURE}") or source.startswith("data:")
+        assert source == f"{service.url}/items/{card.get_attribute('data-item-id')}/image"
     assert f"user={CUSTOMER}" in browser.current_url
     assert f"k={K}" in browser.current_url
     wait(browser, lambda d: loaded_pictures(d, "#purchases img") == 3, "3 purchases shown")
@@ -187,6 +186,10 @@ def test_the_storefront_shows_recommends_finds_similar_and_takes_uploads(
     browser.find_element(By.ID, "upload-title").send_keys("Fresh paint")
     browser.find_element(By.CSS_SELECTOR, "#upload button").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#uploaded .card"), "upload shown")
+    wait(browser, lambda d: loaded_pictures(d, "#uploaded .card img") >= 1, "upload's picture")
+    assert (
+        picture_sources(browser, "#uploaded .card img")[0] == f"{service.url}/items/new-work/image"
+    )
     uploaded = browser.find_element(By.ID, "uploaded").text
     assert "Fresh paint" in uploaded
     assert "It now appears at rank " in uploaded
