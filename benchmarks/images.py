@@ -35,12 +35,13 @@ from curatornet.painter import looks, paint  # noqa: E402
 from service.ingest import decode  # noqa: E402
 
 
-def jpeg_paintings(count: int) -> list[bytes]:
+def jpeg_paintings(count: int, size: int = 256) -> list[bytes]:
+    """`count` seeded paintings of `size` pixels a side, as JPEG bytes (quality 90)."""
     styles = np.random.default_rng(0).normal(size=(count, 16))
     pictures = []
     for n, look in enumerate(looks(styles)):
         buffer = io.BytesIO()
-        paint(look, f"bench-{n}").save(buffer, "JPEG", quality=90)
+        paint(look, f"bench-{n}", size=size).save(buffer, "JPEG", quality=90)
         pictures.append(buffer.getvalue())
     return pictures
 

@@ -15,11 +15,9 @@ most 512 pixels on its longer side.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +27,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import redis
+from images import jpeg_paintings
+from serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,22 +36,6 @@ sys.path.insert(0, str(ROOT))
 from curatornet.painter import looks, paint  # noqa: E402
 from curatornet.synthetic import MarketConfig, generate  # noqa: E402
 from service.pictures import web_copy  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def jpeg_paintings(count: int) -> list[bytes]:
-    styles = np.random.default_rng(0).normal(size=(count, 16))
-    pictures = []
-    for n, look in enumerate(looks(styles)):
-        buffer = io.BytesIO()
-        paint(look, f"bench-{n}", size=768).save(buffer, "JPEG", quality=90)
-        pictures.append(buffer.getvalue())
-    return pictures
 
 
 def uploads_per_second(checkout: Path, store_url: str, pictures: list[bytes], count: int) -> float:
@@ -161,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("redis-server") is None:
         raise SystemExit("redis-server is not installed")
-    pictures = jpeg_paintings(32)
+    pictures = jpeg_paintings(32, size=768)
     results: dict = {
         "uploads": args.uploads,
         "mean_upload_kb": float(np.mean([len(p) for p in pictures]) / 1024),
