@@ -1,8 +1,9 @@
 """The FastAPI application: `create_app()` builds it; the lifespan owns every resource.
 
 Start-up loads the model (a manifest mismatch stops it with the loader's message), opens the
-store, rebuilds the index from it, and starts the thread that applies changes made by other
-processes serving the same store.
+store, loads the index from its snapshot (or rebuilds it from the store), and starts the thread
+that applies changes made by other processes serving the same store; a clean shutdown saves
+the index as the next start's snapshot.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from service.indexing import CatalogueIndex
 from service.observability import BodyLimitMiddleware, MetricsMiddleware, ServiceMetrics
 from service.recommender import Recommender
 from service.rollout import ModelRollouts
+from service.snapshot import IndexSnapshots
 from service.stores import OUTAGE_CLASSES, is_outage, open_store
 from service.stores.base import ItemsRefused
 
@@ -76,22 +78,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 lambda dim: ItemIndex(
                     dim, settings.index_kind, settings.hnsw_m, settings.hnsw_ef_search
                 ),
+                IndexSnapshots.for_store(settings, store),
             )
             rollouts = ModelRollouts(store, catalogue, settings.model_loading())
             started = rollouts.start(settings.model_dir)
         except BaseException:
             store.close()
             raise
-        log.info(
-            "model %s from %s; index (%s) built from the store with %d items "
-            "(%d re-embedded by this model) in %.3f s",
-            started.version,
-            started.model_dir,
-            settings.index_kind,
-            started.indexed,
-            started.embedded,
-            started.seconds,
-        )
+        if started.snapshot is None:
+            log.info(
+                "model %s from %s; index (%s) built from the store with %d items "
+                "(%d re-embedded by this model) in %.3f s",
+                started.version,
+                started.model_dir,
+                settings.index_kind,
+                started.indexed,
+                started.embedded,
+                started.seconds,
+            )
+        else:
+            log.info(
+                "model %s from %s; index (%s) loaded from %s with %d items, "
+                "%d changes replayed, in %.3f s",
+                started.version,
+                started.model_dir,
+                settings.index_kind,
+                started.snapshot,
+                started.indexed,
+                started.replayed,
+                started.seconds,
+            )
         app.state.settings, app.state.metrics, app.state.store = settings, metrics, store
         app.state.catalogue, app.state.rollouts = catalogue, rollouts
         app.state.recommender = Recommender(store, catalogue, settings.history_length)
@@ -102,7 +118,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             follower.stop()
-            store.close()
+            try:
+                catalogue.save_snapshot()
+            finally:
+                store.close()
 
     app = FastAPI(
         title="CuratorNet service",

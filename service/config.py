@@ -55,6 +55,17 @@ class Settings(BaseSettings):
     index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or HNSW search")
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_search: int = Field(128, ge=8, le=4096)
+    index_snapshots: bool = Field(
+        True,
+        description="keep the built index on disk between starts and start from it, replaying "
+        "only the changes since (README: Index snapshots); off: every start rebuilds it",
+    )
+    index_snapshot_dir: Path | None = Field(
+        None,
+        description="where the index snapshot is kept, named after the store's id; unset: "
+        "beside a SQLite store's file, and none for Redis (whose service hosts may have no "
+        "lasting disk: set a directory on a volume to have one)",
+    )
     history_length: int = Field(300, ge=1, le=10_000, description="last N purchases per user")
     max_batch_items: int = Field(1000, ge=1, description="items per POST /items")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="POST /items body limit")
@@ -96,10 +107,11 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("api_key", "admin_key", mode="before")
+    @field_validator("api_key", "admin_key", "index_snapshot_dir", mode="before")
     @classmethod
-    def empty_key_means_none(cls, value: object) -> object:
-        """`CURATORNET_API_KEY=` (as docker-compose passes an unset variable) means no key."""
+    def empty_means_none(cls, value: object) -> object:
+        """`CURATORNET_API_KEY=` (as docker-compose passes an unset variable) means no key,
+        and an empty snapshot directory none."""
         return None if value == "" else value
 
     @field_validator("models_root", mode="before")

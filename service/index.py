@@ -1,22 +1,29 @@
-"""The FAISS index of artworks for sale: derived from the store, rebuilt from it at start-up.
+"""The FAISS index of artworks for sale: derived from the store, rebuilt from it or loaded from
+a snapshot of it (`write` / `read`, framed by service.snapshot).
 
-FAISS ids are slots, not store keys, so that both index kinds handle replacement the same
-way: exact search (IndexFlatIP) removes a replaced slot at once, HNSW (which cannot remove)
-hides it behind a tombstone until tombstones make up a fifth of the graph and it is rebuilt.
-Filters (excluded items, included or excluded artists, tombstones) run inside the FAISS
-search through an ID selector, so k results come back even when most of the catalogue is
-filtered out.
+FAISS ids are slots, FAISS's own sequential ids, not store keys: a replaced or removed work's
+slot becomes a tombstone (HNSW cannot remove, and removing from a flat index would renumber
+every later slot), and once tombstones make up a fifth of the slots the index is compacted.
+What the index knows of each slot sits in numpy arrays indexed by slot (key, version, artist,
+embedding length, live bit), so a million works cost a few dozen bytes each beside FAISS's own
+vectors and graph; the vectors themselves live only in FAISS, which reconstructs them for a
+compaction or an artist-filtered search. Filters (excluded items, included or excluded
+artists, tombstones) run inside the FAISS search through a bitmap of the slots allowed, so k
+results come back even when most of the catalogue is filtered out.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 
 import faiss
 import numpy as np
 
 REBUILD_TOMBSTONE_SHARE = 0.2
+# FAISS reads and writes an index through Python callbacks in blocks of this size.
+IO_BLOCK_BYTES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -35,7 +42,21 @@ class Hit:
     score: float
 
 
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class SnapshotMismatch(ValueError):
+    """What a snapshot holds does not fit this index (another kind, size or layout)."""
+
+
 class ItemIndex:
+    """The works for sale, searchable by inner product; thread-safe."""
+
     def __init__(
         self, dim: int, kind: str = "flat", hnsw_m: int = 32, hnsw_ef_search: int = 128
     ) -> None:
@@ -44,36 +65,44 @@ class ItemIndex:
         self.dim, self.kind = dim, kind
         self.hnsw_m, self.hnsw_ef_search = hnsw_m, hnsw_ef_search
         self._lock = threading.RLock()
-        self._reset()
-
-    def _reset(self) -> None:
-        inner: faiss.Index
-        if self.kind == "flat":
-            inner = faiss.IndexFlatIP(self.dim)
-        else:
-            graph = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            graph.hnsw.efSearch = self.hnsw_ef_search
-            inner = graph
-        self._faiss = faiss.IndexIDMap2(inner)
-        self._entries: dict[int, Entry] = {}  # slot -> entry
-        self._slot_of: dict[int, int] = {}  # key -> live slot
+        self._faiss = self._new_faiss()
+        self._slots = 0  # slots used, live or tombstones: FAISS's ntotal
+        self._live_count = 0
+        # Per slot, in arrays grown geometrically (only the first _slots entries mean anything).
+        self._keys = np.zeros(0, np.int64)
+        self._versions = np.zeros(0, np.float64)
+        self._artists = np.zeros(0, np.int32)  # codes into _artist_names
+        self._norms = np.zeros(0, np.float32)
+        self._live = np.zeros(0, np.uint8)  # a bit per slot (little-endian bit order)
+        self._item_ids: list[str] = []
+        # The one dict: a live work's slot by id. Store keys are counters (SQLite's
+        # AUTOINCREMENT, Redis's INCR), dense from 1 and never reused, so a key's slot is
+        # found in an array indexed by key (-1: not indexed), 4 bytes per key ever issued.
         self._slot_by_item: dict[str, int] = {}
-        self._slots_by_artist: dict[str, set[int]] = {}
-        self._tombstones: set[int] = set()
-        self._vectors: dict[int, np.ndarray] = {}  # slot -> vector, HNSW only (for rebuilds)
-        self._norms: dict[int, float] = {}  # slot -> |embedding|, live slots only
-        self._median: float | None = None  # of _norms, as last computed
+        self._slot_of_key = np.zeros(0, np.int32)
+        self._artist_names: list[str] = []
+        self._artist_codes: dict[str, int] = {}
+        self._median: float | None = None  # of the live slots' norms, as last computed
         self._norms_changed = 0  # works added or removed since
-        self._next_slot = 0
+
+    def _new_faiss(self) -> faiss.Index:
+        if self.kind == "flat":
+            return faiss.IndexFlatIP(self.dim)
+        graph = faiss.IndexHNSWFlat(self.dim, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efSearch = self.hnsw_ef_search
+        return graph
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._slot_of)
+            return self._live_count
 
     def version(self, key: int) -> float | None:
         with self._lock:
-            slot = self._slot_of.get(int(key))
-            return None if slot is None else self._entries[slot].version
+            slot = self._slot_of(int(key))
+            return None if slot < 0 else float(self._versions[slot])
+
+    def _slot_of(self, key: int) -> int:
+        return int(self._slot_of_key[key]) if 0 <= key < len(self._slot_of_key) else -1
 
     def median_norm(self) -> float | None:
         """The median length of the indexed embeddings (None while none is indexed): what
@@ -81,22 +110,29 @@ class ItemIndex:
         a few outsized works already in the catalogue cannot widen what is accepted, and
         accepted works cannot walk it up a step at a time."""
         with self._lock:
-            if not self._norms:
+            if not self._live_count:
                 return None
-            # Recomputed once 1 % of the catalogue has changed since (a sort of a million
-            # lengths costs tens of milliseconds, too much for every upload; moving the median
-            # takes half the catalogue, far more than 1 %).
-            if self._median is None or self._norms_changed > len(self._norms) // 100:
-                norms = np.fromiter(self._norms.values(), np.float64, len(self._norms))
-                self._median = float(np.median(norms))
+            # Recomputed once 1 % of the catalogue has changed since (a median of a million
+            # lengths costs about ten milliseconds, too much for every upload; moving the
+            # median takes half the catalogue, far more than 1 %).
+            if self._median is None or self._norms_changed > self._live_count // 100:
+                self._median = float(np.median(self._norms[: self._slots][self._live_mask()]))
                 self._norms_changed = 0
             return self._median
+
+    def _live_mask(self) -> np.ndarray:
+        """A bool per slot: whether it holds a work for sale (not a tombstone)."""
+        bits = np.unpackbits(self._live, count=self._slots, bitorder="little")
+        return bits.view(bool)
 
     def entry(self, item_id: str) -> Entry | None:
         """The indexed (for sale) item with this id, if any."""
         with self._lock:
             slot = self._slot_by_item.get(item_id)
-            return None if slot is None else self._entries[slot]
+            if slot is None:
+                return None
+            artist = self._artist_names[self._artists[slot]]
+            return Entry(int(self._keys[slot]), item_id, artist, float(self._versions[slot]))
 
     def upsert(
         self,
@@ -107,62 +143,96 @@ class ItemIndex:
         versions: list[float],
     ) -> None:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, self.dim)
+        keys = np.asarray(keys, np.int64).reshape(-1)
+        if len(keys) and keys.min() < 0:
+            raise ValueError("store keys are never negative")
         with self._lock:
             self.remove(keys)
-            slots = np.arange(self._next_slot, self._next_slot + len(item_ids), dtype=np.int64)
-            self._next_slot += len(item_ids)
-            self._faiss.add_with_ids(embeddings, slots)
-            norms = np.linalg.norm(embeddings, axis=1).tolist()
-            for slot, key, item_id, artist, version, vector, norm in zip(
-                slots.tolist(), keys, item_ids, artist_ids, versions, embeddings, norms, strict=True
-            ):
-                self._entries[slot] = Entry(int(key), item_id, artist, version)
-                self._slot_of[int(key)] = slot
-                self._slot_by_item[item_id] = slot
-                self._slots_by_artist.setdefault(artist, set()).add(slot)
-                self._norms[slot] = norm
-                self._norms_changed += 1
-                if self.kind == "hnsw":
-                    self._vectors[slot] = vector
+            first, count = self._slots, len(item_ids)
+            slots = np.arange(first, first + count)
+            self._reserve(first + count, int(keys.max(initial=-1)) + 1)
+            self._faiss.add(embeddings)
+            self._slots += count
+            self._keys[slots] = keys
+            self._versions[slots] = versions
+            self._artists[slots] = [self._artist_code(artist) for artist in artist_ids]
+            self._norms[slots] = np.linalg.norm(embeddings, axis=1)
+            self._set_live(slots, True)
+            self._item_ids.extend(item_ids)
+            self._slot_by_item.update(zip(item_ids, slots.tolist(), strict=True))
+            self._slot_of_key[keys] = slots
+            self._live_count += count
+            self._norms_changed += count
+
+    def _artist_code(self, artist_id: str) -> int:
+        code = self._artist_codes.get(artist_id)
+        if code is None:
+            code = self._artist_codes[artist_id] = len(self._artist_names)
+            self._artist_names.append(artist_id)
+        return code
+
+    def _reserve(self, slots: int, keys: int) -> None:
+        """Room for `slots` slots and keys below `keys`, doubling what grows."""
+
+        def grown(array: np.ndarray, size: int, fill: int = 0) -> np.ndarray:
+            if size <= len(array):
+                return array
+            bigger = np.full(max(size, 2 * len(array)), fill, array.dtype)
+            bigger[: len(array)] = array
+            return bigger
+
+        self._keys = grown(self._keys, slots)
+        self._versions = grown(self._versions, slots)
+        self._artists = grown(self._artists, slots)
+        self._norms = grown(self._norms, slots)
+        self._live = grown(self._live, (slots + 7) // 8)
+        self._slot_of_key = grown(self._slot_of_key, keys, fill=-1)
+
+    def _set_live(self, slots: np.ndarray, live: bool) -> None:
+        masks = np.left_shift(1, slots & 7).astype(np.uint8)
+        if live:
+            np.bitwise_or.at(self._live, slots >> 3, masks)
+        else:
+            np.bitwise_and.at(self._live, slots >> 3, ~masks)
 
     def remove(self, keys: np.ndarray | list[int]) -> None:
+        keys = np.asarray(keys, np.int64).reshape(-1)
         with self._lock:
-            slots = [self._slot_of.pop(int(k)) for k in keys if int(k) in self._slot_of]
-            if not slots:
+            known = keys[(keys >= 0) & (keys < len(self._slot_of_key))]
+            slots = np.unique(self._slot_of_key[known])
+            slots = slots[slots >= 0].astype(np.int64)
+            if not len(slots):
                 return
-            for slot in slots:
-                entry = self._entries.pop(slot)
-                del self._norms[slot]
-                self._norms_changed += 1
-                if self._slot_by_item.get(entry.item_id) == slot:
-                    del self._slot_by_item[entry.item_id]
-                artist_slots = self._slots_by_artist[entry.artist_id]
-                artist_slots.discard(slot)
-                if not artist_slots:
-                    del self._slots_by_artist[entry.artist_id]
-            if self.kind == "flat":
-                self._faiss.remove_ids(faiss.IDSelectorBatch(np.array(slots, dtype=np.int64)))
-                return
-            self._tombstones.update(slots)
-            for slot in slots:
-                self._vectors.pop(slot, None)
-            if len(self._tombstones) > REBUILD_TOMBSTONE_SHARE * self._faiss.ntotal:
+            self._slot_of_key[known] = -1
+            self._set_live(slots, False)
+            for slot in slots.tolist():
+                item_id = self._item_ids[slot]
+                if self._slot_by_item.get(item_id) == slot:
+                    del self._slot_by_item[item_id]
+            self._live_count -= len(slots)
+            self._norms_changed += len(slots)
+            if self._slots - self._live_count > REBUILD_TOMBSTONE_SHARE * self._slots:
                 self._compact()
 
     def _compact(self) -> None:
-        """HNSW only: rebuild the graph from the live slots, dropping the tombstones."""
-        live = sorted(self._entries)
-        entries = [self._entries[s] for s in live]
-        vectors = np.stack([self._vectors[s] for s in live]) if live else np.zeros((0, self.dim))
-        self._reset()
-        if live:
-            self.upsert(
-                [e.key for e in entries],
-                [e.item_id for e in entries],
-                [e.artist_id for e in entries],
-                vectors,
-                [e.version for e in entries],
-            )
+        """Drop the tombstones: the live slots, renumbered in order, in a new FAISS index (for
+        HNSW a new graph, built from the vectors FAISS reconstructs)."""
+        live = np.flatnonzero(self._live_mask())
+        vectors = self._faiss.reconstruct_batch(live) if len(live) else None
+        self._faiss = self._new_faiss()
+        if vectors is not None:
+            self._faiss.add(vectors)
+        count = len(live)
+        self._keys = self._keys[live]
+        self._versions = self._versions[live]
+        self._artists = self._artists[live]
+        self._norms = self._norms[live]
+        self._live = np.packbits(np.ones(count, bool), bitorder="little")
+        self._item_ids = [self._item_ids[slot] for slot in live.tolist()]
+        self._slot_by_item = dict(zip(self._item_ids, range(count), strict=True))
+        self._slot_of_key.fill(-1)
+        self._slot_of_key[self._keys] = np.arange(count)
+        self._slots = count
 
     def search(
         self,
@@ -179,53 +249,89 @@ class ItemIndex:
         its best score is in the top k of the query that gives it that score."""
         query = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
-            excluded = {self._slot_by_item[i] for i in exclude_items if i in self._slot_by_item}
-            for artist in exclude_artists:
-                excluded |= self._slots_by_artist.get(artist, set())
+            excluded = np.fromiter(
+                (s for i in exclude_items if (s := self._slot_by_item.get(i)) is not None),
+                np.int64,
+            )
             if include_artists is not None:
-                allowed = set()
-                for artist in include_artists:
-                    allowed |= self._slots_by_artist.get(artist, set())
-                allowed -= excluded
+                allowed = self._allowed(excluded, exclude_artists, include_artists)
                 k = min(k, len(allowed))
                 if k <= 0:
                     return []
-                scores, slots = self._search_among(query, k, np.fromiter(allowed, np.int64))
-            else:
-                # Few exclusions (a history, some artists): over-fetching by their number and
-                # dropping them afterwards keeps FAISS on its fast path, which an ID selector
-                # would leave.
-                k = min(k, len(self._slot_of) - len(excluded))
+                scores, slots = self._search_among(query, k, allowed)
+            elif exclude_artists or self._slots > self._live_count:
+                # Tombstones or whole artists left out, perhaps many: a bitmap of the rest.
+                bitmap = np.packbits(
+                    self._allowed_mask(excluded, exclude_artists), bitorder="little"
+                )
+                k = min(k, int(np.bitwise_count(bitmap).sum()))
                 if k <= 0:
                     return []
-                if self._tombstones:  # HNSW: a selector, as tombstones may be many
-                    skip = np.fromiter(excluded | self._tombstones, np.int64)
-                    selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(skip))
-                    scores, slots = self._search(query, k, selector)
-                else:
-                    scores, slots = self._search(query, min(k + len(excluded), self._faiss.ntotal))
-            best: dict[int, float] = {}
-            for score, slot in zip(scores.ravel().tolist(), slots.ravel().tolist(), strict=True):
-                if slot >= 0 and slot not in excluded and score > best.get(slot, -np.inf):
-                    best[slot] = score
-            ranked = sorted(best.items(), key=lambda pair: -pair[1])
-            hits = [
-                Hit(entry.key, entry.item_id, entry.artist_id, score)
-                for slot, score in ranked
-                if (entry := self._entries.get(slot)) is not None
-            ]
-            return hits[:k]
+                selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+                scores, slots = self._search(query, k, selector)
+            else:
+                # Only a few works left out (a history): over-fetching by their number and
+                # dropping them afterwards keeps FAISS on its fastest path.
+                k = min(k, self._live_count - len(excluded))
+                if k <= 0:
+                    return []
+                scores, slots = self._search(query, min(k + len(excluded), self._slots))
+            return self._hits(scores.ravel(), slots.ravel(), excluded, k)
+
+    def _allowed_mask(
+        self, excluded: np.ndarray, exclude_artists: set[str] | frozenset[str]
+    ) -> np.ndarray:
+        """A bool per slot: live, not excluded, not by an excluded artist."""
+        mask = self._live_mask().copy()
+        mask[excluded] = False
+        if exclude_artists:
+            mask &= ~self._by_artists(exclude_artists)
+        return mask
+
+    def _allowed(
+        self,
+        excluded: np.ndarray,
+        exclude_artists: set[str] | frozenset[str],
+        include_artists: set[str],
+    ) -> np.ndarray:
+        """The slots the filters let through when only some artists are wanted."""
+        return np.flatnonzero(
+            self._allowed_mask(excluded, exclude_artists) & self._by_artists(include_artists)
+        )
+
+    def _by_artists(self, artist_ids: set[str] | frozenset[str]) -> np.ndarray:
+        codes = [self._artist_codes[a] for a in artist_ids if a in self._artist_codes]
+        return np.isin(self._artists[: self._slots], codes)
+
+    def _hits(
+        self, scores: np.ndarray, slots: np.ndarray, excluded: np.ndarray, k: int
+    ) -> list[Hit]:
+        """The best k distinct slots of the Q queries' answers, each with its best score."""
+        keep = (slots >= 0) & ~np.isin(slots, excluded)
+        scores, slots = scores[keep], slots[keep]
+        order = np.argsort(-scores, kind="stable")
+        scores, slots = scores[order], slots[order]
+        _, first = np.unique(slots, return_index=True)
+        best = np.sort(first)[:k]
+        return [
+            Hit(
+                int(self._keys[slot]),
+                self._item_ids[slot],
+                self._artist_names[self._artists[slot]],
+                score,
+            )
+            for slot, score in zip(slots[best].tolist(), scores[best].tolist(), strict=True)
+        ]
 
     def _search_among(
         self, query: np.ndarray, k: int, allowed: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top k within a subset (an artist filter): a selector for the flat index; for
-        HNSW, whose filtered graph walk can miss members of a small subset, brute force."""
-        if self.kind == "flat":
-            return self._search(query, k, faiss.IDSelectorBatch(allowed))
-        scores = (np.stack([self._vectors[int(s)] for s in allowed]) @ query.T).max(axis=1)
+        """Exact top k within a subset (an artist filter), by brute force over the subset's
+        reconstructed vectors: HNSW's filtered graph walk can miss members of a small subset,
+        and for the flat index this is the same scan restricted to the subset."""
+        scores = (self._faiss.reconstruct_batch(allowed) @ query.T).max(axis=1)
         top = np.argsort(-scores, kind="stable")[:k]
-        return scores[top][None], allowed[top][None]
+        return scores[top], allowed[top]
 
     def _search(
         self, query: np.ndarray, k: int, selector: faiss.IDSelector | None = None
@@ -239,3 +345,82 @@ class ItemIndex:
         else:
             params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         return self._faiss.search(query, k, params=params)
+
+    def write(self, stream: Writable) -> None:
+        """Everything the index holds, to `stream`: the slot tables, then FAISS's own format."""
+        with self._lock:
+            n = self._slots
+            for array in (
+                self._keys[:n],
+                self._versions[:n],
+                self._artists[:n],
+                self._norms[:n],
+                self._live[: (n + 7) // 8],
+                *_packed_strings(self._item_ids),
+                *_packed_strings(self._artist_names),
+            ):
+                np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
+            writer = faiss.PyCallbackIOWriter(stream.write, IO_BLOCK_BYTES)  # type: ignore[attr-defined]
+            faiss.write_index(self._faiss, writer)
+
+    @classmethod
+    def read(
+        cls, stream: Readable, dim: int, kind: str, hnsw_m: int, hnsw_ef_search: int
+    ) -> ItemIndex:
+        """An index as `write` wrote it, searched with `hnsw_ef_search` (a search setting,
+        free to differ from the writer's); SnapshotMismatch when it is not of this shape."""
+        index = cls(dim, kind, hnsw_m, hnsw_ef_search)
+
+        def array(dtype: type[np.generic]) -> np.ndarray:
+            read = np.lib.format.read_array(stream, allow_pickle=False)
+            if read.dtype != dtype or read.ndim != 1:
+                raise SnapshotMismatch(f"expected a list of {np.dtype(dtype)}, found {read.dtype}")
+            return read
+
+        keys, versions = array(np.int64), array(np.float64)
+        artists, norms, live = array(np.int32), array(np.float32), array(np.uint8)
+        item_ids = _unpacked_strings(array(np.uint8), array(np.int64))
+        index._artist_names = _unpacked_strings(array(np.uint8), array(np.int64))
+        # The stubs lack the callback readers and writers and HNSW.nb_neighbors.
+        reader = faiss.PyCallbackIOReader(stream.read, IO_BLOCK_BYTES)  # type: ignore[attr-defined]
+        stored = faiss.read_index(reader)
+        n = len(keys)
+        if isinstance(stored, faiss.IndexHNSWFlat) and kind == "hnsw":
+            degree = stored.hnsw.nb_neighbors(1)  # type: ignore[attr-defined]
+            stored.hnsw.efSearch = hnsw_ef_search
+        elif isinstance(stored, faiss.IndexFlatIP) and kind == "flat":
+            degree = hnsw_m
+        else:
+            degree = None
+        if (
+            {len(versions), len(artists), len(norms), len(item_ids), stored.ntotal} != {n}
+            or len(live) != (n + 7) // 8
+            or stored.d != dim
+            or stored.metric_type != faiss.METRIC_INNER_PRODUCT
+            or degree != hnsw_m
+            or (n and (keys.min() < 0 or artists.max() >= len(index._artist_names)))
+        ):
+            raise SnapshotMismatch(f"the stored index is not a {kind} index of {dim}-d vectors")
+        index._faiss, index._slots = stored, n
+        index._keys, index._versions, index._artists = keys, versions, artists
+        index._norms, index._live, index._item_ids = norms, live, item_ids
+        index._artist_codes = {name: code for code, name in enumerate(index._artist_names)}
+        live_slots = np.flatnonzero(index._live_mask())
+        index._live_count = len(live_slots)
+        index._slot_by_item = {item_ids[slot]: slot for slot in live_slots.tolist()}
+        index._slot_of_key = np.full(int(keys.max(initial=-1)) + 1, -1, np.int32)
+        index._slot_of_key[keys[live_slots]] = live_slots
+        return index
+
+
+def _packed_strings(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as one UTF-8 array and their lengths in characters: no pickle, one decode."""
+    text = "".join(strings).encode("utf-8")
+    lengths = np.fromiter(map(len, strings), np.int64, len(strings))
+    return np.frombuffer(text, np.uint8), lengths
+
+
+def _unpacked_strings(text: np.ndarray, lengths: np.ndarray) -> list[str]:
+    joined = text.tobytes().decode("utf-8")
+    ends = np.cumsum(lengths)
+    return [joined[a:b] for a, b in zip((ends - lengths).tolist(), ends.tolist(), strict=True)]

@@ -2,13 +2,14 @@
 brought up to date by every write of this process and by the change log of all of them.
 
 The store is written first and the index second, so a crash between them leaves the index
-behind the store, never ahead of it; the change-log follower (and the next start-up's
-rebuild) brings it level. Other processes serving the same store learn of each change
-through that same log.
+behind the store, never ahead of it; the change-log follower (and the next start-up, which
+replays the log after its snapshot or rebuilds) brings it level. Other processes serving the
+same store learn of each change through that same log.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,10 +19,16 @@ import numpy as np
 
 from curatornet.model_loader import LoadedModel
 from service.index import ItemIndex
-from service.stores.base import Item, NewItem, Sale, Store, UpsertResult
+from service.snapshot import IndexSnapshots, SnapshotRejected
+from service.stores.base import ChangesLost, Item, NewItem, Sale, Store, UpsertResult
+
+log = logging.getLogger(__name__)
 
 # Artworks embedded per call when a model recomputes what another model stored.
 EMBED_BATCH = 2048
+# A start that replayed this many changes after its snapshot saves a new one before serving,
+# so that a process that never shuts down cleanly does not replay more and more of them.
+RESAVE_AFTER_CHANGES = 10_000
 
 
 @dataclass(frozen=True)
@@ -35,13 +42,16 @@ class Serving:
 
 @dataclass(frozen=True)
 class IndexBuild:
-    """What switching to a model took: the index built for it from the store."""
+    """What switching to a model took: the index built for it from the store, or loaded from
+    its snapshot and brought level with the change log."""
 
     version: str
     model_dir: str
     indexed: int
     embedded: int  # items whose stored embedding was another model's, recomputed
     seconds: float
+    snapshot: str | None = None  # the snapshot it was loaded from; None: built from the store
+    replayed: int = 0  # changes applied after the snapshot or the catalogue read
 
 
 class FeatureDimensionMismatch(ValueError):
@@ -51,11 +61,18 @@ class FeatureDimensionMismatch(ValueError):
 class CatalogueIndex:
     """The artworks for sale in the store, in a FAISS index for the model being served."""
 
-    def __init__(self, store: Store, new_index: Callable[[int], ItemIndex]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        new_index: Callable[[int], ItemIndex],
+        snapshots: IndexSnapshots | None = None,
+    ) -> None:
         self._store = store
         self._new_index = new_index
+        self._snapshots = snapshots
         self._serving: Serving | None = None
         self._cursor = "0"
+        self._saved_cursor: str | None = None  # the snapshot on disk is level with this
         self._follow_lock = threading.Lock()
 
     @property
@@ -65,14 +82,15 @@ class CatalogueIndex:
             raise RuntimeError("no model is being served yet")
         return self._serving
 
-    def switch_model(self, model: LoadedModel) -> IndexBuild:
-        """Serve `model` from now on, with an index built for it: at start-up, to roll out a
-        new model, and with the same model to rebuild from the store.
+    def switch_model(self, model: LoadedModel, from_snapshot: bool = True) -> IndexBuild:
+        """Serve `model` from now on, with an index for it: at start-up, to roll out a new
+        model, and with the same model to rebuild from the store (`from_snapshot` False).
 
-        The new index is built beside the old one (artworks whose stored embedding another
-        model computed are re-embedded from their stored features, and the result written
-        back), brought up to date with the change log, then swapped in at once; requests go
-        on being answered by the old model until then.
+        The new index is loaded from the snapshot when that matches, else built from the store
+        (artworks whose stored embedding another model computed are re-embedded from their
+        stored features, and the result written back) and saved as the snapshot; either way
+        beside the old index, brought level with the change log, then swapped in at once.
+        Requests go on being answered by the old model until then.
         """
         started = time.perf_counter()
         stored_dim = self._store.feature_dim()
@@ -82,8 +100,57 @@ class CatalogueIndex:
                 f"artworks have {stored_dim}-d features; it cannot embed this catalogue "
                 f"(serve a model on {stored_dim}-d features, or start from an empty store)"
             )
+        loaded = self._loaded(model) if from_snapshot else None
+        saved: str | None  # the cursor the snapshot on disk is level with, if known
+        if loaded is not None:
+            candidate, saved, cursor, replayed = loaded
+            embedded = 0
+        else:
+            candidate, cursor, embedded = self._built(model)
+            cursor, replayed = self._catch_up(candidate, cursor)
+            saved = None
+        if self._snapshots is not None and (saved is None or replayed >= RESAVE_AFTER_CHANGES):
+            written = self._snapshots.save(candidate.index, model.version, cursor)
+            saved = cursor if written else saved
+        with self._follow_lock:
+            cursor, late = self._catch_up(candidate, cursor)
+            self._serving, self._cursor, self._saved_cursor = candidate, cursor, saved
+        return IndexBuild(
+            model.version,
+            str(model.directory),
+            len(candidate.index),
+            embedded,
+            time.perf_counter() - started,
+            None if loaded is None or self._snapshots is None else str(self._snapshots.path),
+            replayed + late,
+        )
+
+    def _loaded(self, model: LoadedModel) -> tuple[Serving, str, str, int] | None:
+        """`model`'s index from the snapshot brought level with the change log: the index,
+        the snapshot's cursor, the cursor reached and the changes replayed; None (logging
+        why) when the snapshot cannot be trusted."""
+        if self._snapshots is None:
+            return None
+        try:
+            index, saved = self._snapshots.load(
+                self._new_index(model.embedding_dim), model.version, self._store.change_cursor()
+            )
+            candidate = Serving(model, index)
+            cursor, replayed = self._catch_up(candidate, saved)
+        except (SnapshotRejected, ChangesLost) as why:
+            log.warning(
+                "not starting from the index snapshot %s: %s; rebuilding from the store",
+                self._snapshots.path,
+                why,
+            )
+            return None
+        return candidate, saved, cursor, replayed
+
+    def _built(self, model: LoadedModel) -> tuple[Serving, str, int]:
+        """`model`'s index built from the store's catalogue, the cursor the catalogue is at
+        least as recent as, and how many embeddings were recomputed."""
         candidate = Serving(model, self._new_index(model.embedding_dim))
-        cursor = self._store.change_cursor()  # before the snapshot: nothing is missed
+        cursor = self._store.change_cursor()  # before the catalogue: nothing is missed
         catalogue = self._store.catalogue()
         embeddings, embedded = self._current_embeddings(
             model,
@@ -101,20 +168,38 @@ class CatalogueIndex:
                 embeddings,
                 catalogue.updated_at,
             )
+        return candidate, cursor, embedded
+
+    def _catch_up(self, serving: Serving, cursor: str) -> tuple[str, int]:
+        """Apply every change logged after `cursor` to `serving`'s index: the cursor reached
+        and how many changes that was. Without the follower's lock only for an index no
+        request sees yet, which nothing else changes."""
+        applied = 0
+        while True:
+            cursor, keys = self._store.changes_since(cursor)
+            if not keys:
+                return cursor, applied
+            self._apply(serving, keys)
+            applied += len(keys)
+
+    def save_snapshot(self) -> None:
+        """Bring the index being served level with the change log and save it as the
+        snapshot, unless the one on disk is level with it already: at a clean shutdown, so
+        that the next start replays nothing. Not when the log cannot be read to the end (the
+        store is down, or trimmed past this process): the index may lag behind the store."""
+        if self._snapshots is None or self._serving is None:
+            return
         with self._follow_lock:
-            while True:
-                cursor, keys = self._store.changes_since(cursor)
-                if not keys:
-                    break
-                self._apply(candidate, keys)
-            self._serving, self._cursor = candidate, cursor
-        return IndexBuild(
-            model.version,
-            str(model.directory),
-            len(candidate.index),
-            embedded,
-            time.perf_counter() - started,
-        )
+            serving = self.serving
+            try:
+                self._cursor, _ = self._catch_up(serving, self._cursor)
+            except Exception as error:  # an outage, or ChangesLost
+                log.warning("index snapshot not saved: cannot read the change log (%s)", error)
+                return
+            if self._saved_cursor != self._cursor and self._snapshots.save(
+                serving.index, serving.model.version, self._cursor
+            ):
+                self._saved_cursor = self._cursor
 
     def _current_embeddings(
         self,

@@ -64,8 +64,8 @@ class ModelRollouts:
             listed = ", ".join(str(root) for root in roots) or "none configured"
             raise ModelError(f"{model_dir} lies outside the models root ({listed})")
 
-    def _switch(self, model: LoadedModel) -> IndexBuild:
-        self.last_build = self._catalogue.switch_model(model)
+    def _switch(self, model: LoadedModel, from_snapshot: bool = True) -> IndexBuild:
+        self.last_build = self._catalogue.switch_model(model, from_snapshot)
         return self.last_build
 
     def start(self, configured: Path) -> IndexBuild:
@@ -103,9 +103,10 @@ class ModelRollouts:
 
     def rebuild(self) -> IndexBuild:
         """The index of the model being served, rebuilt from the store: after the store was
-        unreachable, when change-log entries may have been lost or trimmed."""
+        unreachable, when change-log entries may have been lost or trimmed (so not from the
+        snapshot, which would have missed them too)."""
         with self._lock:
-            return self._switch(self._catalogue.serving.model)
+            return self._switch(self._catalogue.serving.model, from_snapshot=False)
 
     def follow_fleet(self) -> None:
         """Called on every sync tick: roll out here what another process rolled out.

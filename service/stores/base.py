@@ -288,6 +288,12 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def cursor_position(cursor: str) -> tuple[int, ...]:
+    """A change-log cursor as numbers that order as the log does: SQLite's is a sequence
+    number ("42"), Redis's a stream entry id ("1700000000000-3")."""
+    return tuple(int(part) for part in cursor.split("-"))
+
+
 def as_vector(blob: bytes) -> np.ndarray:
     """Stored float32 bytes back to a read-only vector (no copy)."""
     return np.frombuffer(blob, dtype=np.float32)

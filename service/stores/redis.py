@@ -43,6 +43,7 @@ from service.stores.base import (
     UpsertResult,
     as_blob,
     as_vector,
+    cursor_position,
     replay,
 )
 
@@ -354,11 +355,9 @@ def _for_sale(stock: bytes | None, deleted: bytes | None) -> bool:
     return deleted == b"0" and _count(stock) > 0
 
 
-def _entry_id(raw: bytes | str) -> tuple[int, int]:
-    """A stream entry id ("1700000000000-3") as a pair that orders as Redis orders ids."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    milliseconds, sequence = text.split("-")
-    return int(milliseconds), int(sequence)
+def _entry_id(raw: bytes | str) -> tuple[int, ...]:
+    """A stream entry id ("1700000000000-3") as numbers that order as Redis orders ids."""
+    return cursor_position(raw.decode() if isinstance(raw, bytes) else raw)
 
 
 def _trimmed_past(info: dict, cursor: str) -> bool:
