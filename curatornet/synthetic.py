@@ -26,6 +26,7 @@ Everything is seeded: the same config and seed give the same bytes on disk.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -299,28 +300,73 @@ def _simulate_purchases(config, items, truth: MarketTruth, rng: np.random.Genera
     )
 
 
+@dataclass(frozen=True, eq=False)
+class FeatureMap:
+    """The one fixed random two-layer map from latents to features, drawn once per market."""
+
+    first: np.ndarray  # [latent, hidden]
+    first_bias: np.ndarray
+    second: np.ndarray  # [hidden, feature_dim]
+    second_bias: np.ndarray
+    noise: float
+
+    @classmethod
+    def draw(cls, config: MarketConfig, latent_dim: int, rng: np.random.Generator) -> FeatureMap:
+        first = rng.standard_normal((latent_dim, config.render_hidden), dtype=np.float32)
+        first /= np.sqrt(latent_dim, dtype=np.float32)
+        first_bias = rng.normal(0, 0.5, config.render_hidden).astype(np.float32)
+        second = rng.standard_normal((config.render_hidden, config.feature_dim), dtype=np.float32)
+        second /= np.sqrt(config.render_hidden, dtype=np.float32)
+        second_bias = rng.normal(-config.feature_threshold, 0.2, config.feature_dim)
+        return cls(first, first_bias, second, second_bias.astype(np.float32), config.feature_noise)
+
+    def render(
+        self, style: np.ndarray, nuisance: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Features of these works, noise drawn from `rng`: rendering works in batches, in
+        order, gives the same bytes as rendering them at once."""
+        latent = np.concatenate([style, nuisance], axis=1).astype(np.float32)
+        hidden = np.tanh(latent @ self.first + self.first_bias)
+        features = hidden @ self.second + self.second_bias
+        features += self.noise * rng.standard_normal(features.shape, dtype=np.float32)
+        np.maximum(features, 0, out=features)
+        return features
+
+
 def render_features(
     config: MarketConfig, style: np.ndarray, nuisance: np.ndarray, rng: np.random.Generator
 ) -> np.ndarray:
     """Latents → non-negative sparse features through one fixed random two-layer map + noise."""
-    latent = np.concatenate([style, nuisance], axis=1).astype(np.float32)
-    first = rng.standard_normal((latent.shape[1], config.render_hidden), dtype=np.float32)
-    first /= np.sqrt(latent.shape[1], dtype=np.float32)
-    first_bias = rng.normal(0, 0.5, config.render_hidden).astype(np.float32)
-    second = rng.standard_normal((config.render_hidden, config.feature_dim), dtype=np.float32)
-    second /= np.sqrt(config.render_hidden, dtype=np.float32)
-    second_bias = rng.normal(-config.feature_threshold, 0.2, config.feature_dim).astype(np.float32)
-    hidden = np.tanh(latent @ first + first_bias)
-    features = hidden @ second + second_bias
-    features += config.feature_noise * rng.standard_normal(features.shape, dtype=np.float32)
-    np.maximum(features, 0, out=features)
-    return features
+    latent_dim = style.shape[1] + nuisance.shape[1]
+    return FeatureMap.draw(config, latent_dim, rng).render(style, nuisance, rng)
+
+
+def _streams(seed: int) -> list[np.random.Generator]:
+    """Independent random streams: artists, items, customers, purchases, features, spare."""
+    return [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+
+
+def catalogue_batches(
+    config: MarketConfig, seed: int = 0, batch: int = 10_000
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The artworks `generate(config, seed)` makes, without its customers: (artist index,
+    features) `batch` works at a time, in inventory order, with the very features
+    `generate` renders. For catalogues too large to hold at once or to simulate a market's
+    purchases over: a million works' features take 8 GB."""
+    streams = _streams(seed)
+    items = _items(config, _artists(config, streams[0]), streams[1])
+    rng = streams[4]
+    feature_map = FeatureMap.draw(config, config.style_dim + config.nuisance_dim, rng)
+    for start in range(0, config.n_items, batch):
+        rows = slice(start, start + batch)
+        features = feature_map.render(items["style"][rows], items["nuisance"][rows], rng)
+        yield items["artist"][rows], features
 
 
 def generate(config: MarketConfig | None = None, seed: int = 0, *, features: bool = True) -> Market:
     """Build a market. ``features=False`` skips rendering (zero-width features) for speed."""
     config = config or MarketConfig()
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
+    streams = _streams(seed)
     artists = _artists(config, streams[0])
     items = _items(config, artists, streams[1])
     customers = _customers(config, artists, items, streams[2])

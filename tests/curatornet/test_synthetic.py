@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curatornet.synthetic import TASTES_FILE, MarketConfig, generate, load_truth, lomax_quantiles
+from curatornet.synthetic import (
+    TASTES_FILE,
+    MarketConfig,
+    catalogue_batches,
+    generate,
+    load_truth,
+    lomax_quantiles,
+)
 from training.data.formats import (
     MARKET_CONFIG_FILE,
     load_dataset,
@@ -90,6 +97,16 @@ def test_features_look_like_pooled_cnn_activations(tiny_market) -> None:
     assert np.isfinite(features).all()
     assert features.min() >= 0
     assert 0.3 < (features == 0).mean() < 0.9, "sparse, but not empty"
+
+
+def test_the_catalogue_in_batches_is_the_markets_own(tiny_market) -> None:
+    """What a million-work benchmark renders batch by batch is the market `generate` makes."""
+    batches = list(catalogue_batches(tiny_market.config, tiny_market.seed, batch=100))
+    assert len(batches) == 7
+    artists = np.concatenate([artist for artist, _ in batches])
+    features = np.concatenate([rendered for _, rendered in batches])
+    np.testing.assert_array_equal(artists, tiny_market.truth.item_artist)
+    np.testing.assert_array_equal(features, tiny_market.dataset.features)
 
 
 def test_visual_similarity_reflects_style_but_not_trivially() -> None:
