@@ -1,0 +1,428 @@
+"""A million artworks on one replica: HNSW recall, latency and CPU per request, start-up with and
+without the index snapshot, memory per worker, and the bytes each artwork costs the stores.
+
+Why: a catalogue the size of the largest art marketplaces must start, fit and answer on one
+replica, and only a run of the real thing at that size says whether it does. Performance is
+never a timed test; this script prints the figures and writes them as JSON.
+
+The works are the synthetic market's (`curatornet.synthetic.catalogue_batches` at the scale
+that gives N works: its artists, styles and feature map, so the catalogue is shaped like a
+market, not like noise), 2048-d features embedded in this process by models/synthetic-2048 and
+written to a SQLite store through `Store.upsert_items` in batches (not over HTTP), with
+customers of 1 to 5 purchases each (editions large enough that nothing sells out). Then:
+
+1. exact answers, in this process: each sampled customer's top 20 by the served rule (the
+   user tower over the stored embeddings of their purchases, an item's score its best inner
+   product with the interests, purchases left out), over every work;
+2. `python -m service` with CURATORNET_INDEX_KIND=hnsw and no snapshot on disk: time to
+   /readyz (the rebuild from the store, and the snapshot it then writes), RSS; the sampled
+   customers' POST /recommend one at a time on one keep-alive connection: latency, server CPU
+   per request (utime + stime of the service's processes, from /proc, over the series), and
+   recall@20 of its answers against the exact ones; then a clean shutdown;
+3. the service again for each --ef-search, now starting from the snapshot (efSearch is a
+   search setting, not part of the snapshot's identity): time to /readyz, RSS, the same series;
+   and with --workers > 1, that many workers starting from it at once, RSS per worker;
+4. a redis-server of its own holding --redis-items of the same works, written through
+   `RedisStore.upsert_items`: INFO used_memory per work.
+
+    .venv/bin/python benchmarks/million.py --quick   # smoke run: 20,000 works
+    .venv/bin/python benchmarks/million.py           # 1,000,000 works (about an hour here)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+import serve
+from durability import redis_server
+from serve import MODEL_DIR, ROOT, Service, percentiles, process_tree, rss_mib
+
+from curatornet.model_loader import LoadedModel, load_model
+from curatornet.synthetic import MarketConfig, catalogue_batches
+from service.stores import open_store
+from service.stores.base import NewItem, Store
+
+K = 20
+BATCH = 10_000  # works per batch generated, embedded and written to SQLite
+REDIS_BATCH = 1_000  # works per RedisStore.upsert_items call (one Lua script each)
+EDITION = 1_000_000  # prints per work: no purchase here sells one out
+WARM_REQUESTS = 20
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# service/snapshot.py's line after writing one.
+SNAPSHOT_LOG = re.compile(
+    r"index snapshot written to \S+ \((\d+) items, cursor \S+\) in ([\d.]+) s"
+)
+
+
+def item_id(row: int) -> str:
+    return f"work-{row:07d}"
+
+
+def user_id(user: int) -> str:
+    return f"customer-{user:05d}"
+
+
+def works(n_items: int, seed: int, model: LoadedModel) -> Iterator[list[NewItem]]:
+    """The first `n_items` works of a market scaled to hold them, in batches, embedded."""
+    market = MarketConfig()
+    config = dataclasses.replace(market.scaled(n_items / market.n_items), n_items=n_items)
+    start = 0
+    for artists, features in catalogue_batches(config, seed, BATCH):
+        embeddings = model.embed_items(features)
+        yield [
+            NewItem(
+                id=item_id(start + n),
+                artist_id=f"artist-{artist:05d}",
+                features=features[n],
+                embedding=embeddings[n],
+                edition_size=EDITION,
+                stock=None,
+                model_version=model.version,
+            )
+            for n, artist in enumerate(artists.tolist())
+        ]
+        start += len(features)
+
+
+def load_sqlite(store: Store, n_items: int, seed: int, model: LoadedModel) -> dict[str, Any]:
+    """Every work into the store; returns the rate and keeps nothing but the embeddings."""
+    embeddings = np.empty((n_items, model.embedding_dim), np.float32)
+    writing, began = 0.0, time.perf_counter()
+    done = 0
+    for batch in works(n_items, seed, model):
+        embeddings[done : done + len(batch)] = [item.embedding for item in batch]
+        started = time.perf_counter()
+        store.upsert_items(batch)
+        writing += time.perf_counter() - started
+        done += len(batch)
+        print(f"\r... {done:,} of {n_items:,} works stored", end="", flush=True)
+    print()
+    total = time.perf_counter() - began
+    return {
+        "embeddings": embeddings,
+        "seconds": total,
+        "store_write_seconds": writing,
+        "works_per_s_written": n_items / writing,
+        "works_per_s_generated_embedded_and_written": n_items / total,
+    }
+
+
+def customers(store: Store, n_items: int, n_users: int, seed: int) -> list[list[int]]:
+    """One basket of 1 to 5 distinct works per customer, recorded through the store."""
+    rng = np.random.default_rng([seed, 1])
+    baskets = []
+    for user in range(n_users):
+        basket = rng.choice(n_items, int(rng.integers(1, 6)), replace=False).tolist()
+        store.record_purchase(user_id(user), [item_id(row) for row in basket], 1.7e9)
+        baskets.append(basket)
+    return baskets
+
+
+def exact_answers(
+    model: LoadedModel, embeddings: np.ndarray, baskets: list[list[int]]
+) -> list[list[str]]:
+    """Each customer's exact top K over every work, as the service ranks (purchases left out)."""
+    answers = []
+    for basket in baskets:
+        history = embeddings[basket][None]
+        interests = model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
+        scores = (embeddings @ interests.T).max(axis=1)
+        scores[basket] = -np.inf
+        top = np.argpartition(-scores, K)[:K]
+        answers.append([item_id(row) for row in top[np.argsort(-scores[top])]])
+    return answers
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes (all their threads), from /proc."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return total / CLOCK_TICKS
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The most memory the process has held at once (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+def series(service: Service, exact: list[list[str]]) -> dict[str, Any]:
+    """Every sampled customer's POST /recommend, one at a time: latency, server CPU per
+    request, and recall@K against the exact answers."""
+    bodies = [{"user_id": user_id(user), "k": K} for user in range(len(exact))]
+    for body in bodies[:WARM_REQUESTS]:
+        service.client.post("/recommend", json=body)
+    pids = process_tree(service.process.pid)
+    latencies, recalls, failures = [], [], 0
+    cpu_before = cpu_seconds(pids)
+    for body, expected in zip(bodies, exact, strict=True):
+        began = time.perf_counter()
+        response = service.client.post("/recommend", json=body)
+        latencies.append(time.perf_counter() - began)
+        answer = response.json() if response.status_code == 200 else {}
+        if answer.get("strategy") != "personalized":
+            failures += 1
+            continue
+        found = {item["item_id"] for item in answer["items"]}
+        recalls.append(len(found & set(expected)) / K)
+    cpu = cpu_seconds(pids) - cpu_before
+    return {
+        "requests": len(bodies),
+        **percentiles(latencies),
+        "server_cpu_ms_per_request": 1000 * cpu / len(bodies),
+        "recall_at_20": float(np.mean(recalls)) if recalls else None,
+        "recall_at_20_min": float(np.min(recalls)) if recalls else None,
+        "failures": failures,
+    }
+
+
+@contextlib.contextmanager
+def environment(**variables: str) -> Iterator[None]:
+    """CURATORNET_* settings for the services started inside (Service copies os.environ)."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def started(service: Service) -> dict[str, Any]:
+    """Start-up figures and memory of a service that just became ready."""
+    log = service.log.read_text()
+    workers = [
+        pid  # uvicorn's supervisor and multiprocessing's resource tracker hold no index
+        for pid in process_tree(service.process.pid)
+        if service.workers == 1 or b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    written = SNAPSHOT_LOG.findall(log)
+    return {
+        "ready_s": service.ready_s,
+        "all_workers_started_s": service.all_workers_started_s,
+        "loaded_from_snapshot": "loaded from" in log,
+        "rebuild_logged": service.rebuilds_logged(),
+        "snapshot_written_s": [float(seconds) for _, seconds in written],
+        "index_size": service.index_size(),
+        "rss_mib_per_worker": [rss_mib([pid]) for pid in workers],
+        "peak_rss_mib_per_worker": [peak_rss_mib(pid) for pid in workers],
+        "errors_logged": service.errors_logged(),
+    }
+
+
+def serve_once(
+    database: Path, log: Path, workers: int, ef_search: int, exact: list[list[str]] | None
+) -> dict[str, Any]:
+    with environment(CURATORNET_HNSW_EF_SEARCH=str(ef_search)):
+        service = Service(database, workers, log, MODEL_DIR)
+    try:
+        run = {"workers": workers, "ef_search": ef_search, **started(service)}
+        if exact is not None:
+            run["recommend"] = series(service, exact)
+    finally:
+        began = time.perf_counter()
+        service.stop()
+    run["shutdown_s"] = time.perf_counter() - began
+    return run
+
+
+def redis_bytes(n_items: int, seed: int, model: LoadedModel, work: Path) -> dict[str, Any]:
+    """Redis's memory per work for the first `n_items` works (append-only file as deployed)."""
+    with redis_server(work, "everysec") as url:
+        client = redis.Redis.from_url(url)
+        empty = client.info("memory")["used_memory"]
+        store = open_store(url)
+        began = time.perf_counter()
+        try:
+            for batch in works(n_items, seed, model):
+                for start in range(0, len(batch), REDIS_BATCH):
+                    store.upsert_items(batch[start : start + REDIS_BATCH])
+        finally:
+            store.close()
+        seconds = time.perf_counter() - began
+        used = client.info("memory")["used_memory"] - empty
+        client.close()
+    return {
+        "items": n_items,
+        "used_memory_bytes": used,
+        "bytes_per_work": used / n_items,
+        "works_per_s_generated_embedded_and_written": n_items / seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    serve.START_TIMEOUT_S = args.start_timeout  # a rebuild of a million works takes minutes
+    model = load_model(MODEL_DIR)
+    results: dict[str, Any] = {
+        "benchmark": "million",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_at_start": os.getloadavg(),
+        },
+        "settings": {k: v for k, v in vars(args).items() if k != "out"}
+        | {"k": K, "model": str(MODEL_DIR), "index_kind": "hnsw"},
+        "notes": [
+            "Latency is client-side over real HTTP (localhost), one request at a time on one"
+            " keep-alive connection, client and service sharing the machine's CPUs.",
+            "Server CPU per request is the utime + stime of the service's processes (every"
+            " thread) over the series, divided by its requests: the follower's 0.2 s ticks"
+            " included.",
+            "Recall@20 compares the service's answer with the exact top 20 computed in this"
+            " process over the same embeddings (the same rule: best inner product with the"
+            " user tower's interests, purchases left out).",
+            "RSS is VmRSS of each worker process once ready; peak is VmHWM.",
+        ],
+    }
+    with tempfile.TemporaryDirectory(prefix="curatornet-million-", dir=args.dir) as tmp:
+        work = Path(tmp)
+        database = work / "store.db"
+        store = open_store(f"sqlite:///{database}")
+        try:
+            print(f"... generating, embedding and storing {args.items:,} works", flush=True)
+            loaded = load_sqlite(store, args.items, args.seed, model)
+            baskets = customers(store, args.items, args.users, args.seed)
+        finally:
+            store.close()
+        embeddings = loaded.pop("embeddings")
+        results["load"] = loaded
+        sizes = {path.name: path.stat().st_size for path in work.glob("store.db*")}
+        results["sqlite"] = {"files": sizes, "bytes_per_work": sum(sizes.values()) / args.items}
+        print("... exact answers in process", flush=True)
+        exact = exact_answers(model, embeddings, baskets)
+        del embeddings
+        default_ef = args.ef_search[0]
+        with environment(CURATORNET_INDEX_KIND="hnsw", CURATORNET_INFERENCE_THREADS="1"):
+            print("... service without a snapshot: rebuild from the store", flush=True)
+            results["without_snapshot"] = serve_once(
+                database, work / "rebuild.log", 1, default_ef, exact
+            )
+            snapshot = database.with_name(database.name + ".index")
+            results["snapshot_bytes_per_work"] = snapshot.stat().st_size / args.items
+            results["with_snapshot"] = []
+            for ef in args.ef_search:
+                print(f"... service from the snapshot, efSearch {ef}", flush=True)
+                log = work / f"snapshot-ef{ef}.log"
+                results["with_snapshot"].append(serve_once(database, log, 1, ef, exact))
+            for workers in [w for w in args.workers if w > 1]:
+                print(f"... {workers} workers from the snapshot", flush=True)
+                log = work / f"snapshot-{workers}-workers.log"
+                results["with_snapshot"].append(
+                    serve_once(database, log, workers, default_ef, None)
+                )
+        if args.redis_items:
+            print(f"... Redis: {args.redis_items:,} works", flush=True)
+            results["redis"] = redis_bytes(args.redis_items, args.seed, model, work)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print_summary(results)
+    print(f"\nwritten to {args.out}")
+    failed = sum(
+        run["recommend"]["failures"]
+        for run in [results["without_snapshot"], *results["with_snapshot"]]
+        if "recommend" in run
+    )
+    if failed:
+        print(
+            f"error: {failed} recommend requests failed or were not personalized", file=sys.stderr
+        )
+    return 1 if failed else 0
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    n = results["settings"]["items"]
+    load = results["load"]
+    print(
+        f"\n{n:,} works: stored in {load['seconds']:.0f} s "
+        f"({load['works_per_s_written']:,.0f} works/s through Store.upsert_items); "
+        f"SQLite {results['sqlite']['bytes_per_work']:,.0f} bytes per work, "
+        f"index snapshot {results['snapshot_bytes_per_work']:,.0f} bytes per work"
+    )
+    if "redis" in results:
+        redis_ = results["redis"]
+        print(f"Redis: {redis_['bytes_per_work']:,.0f} bytes per work ({redis_['items']:,} works)")
+    header = (
+        f"{'start':<9} {'w':>2} {'ef':>4} {'ready s':>8} {'RSS MiB/worker':>15} "
+        f"{'peak MiB':>9} {'recall@20':>9} {'p50 ms':>7} {'p95 ms':>7} {'CPU ms/req':>10}"
+    )
+    print(header)
+    nan = float("nan")
+    for run in [results["without_snapshot"], *results["with_snapshot"]]:
+        figures = run.get("recommend", {})
+        recall = figures.get("recall_at_20")
+        print(
+            f"{'snapshot' if run['loaded_from_snapshot'] else 'rebuild':<9} {run['workers']:>2} "
+            f"{run['ef_search']:>4} {run['ready_s']:>8.1f} "
+            f"{'/'.join(f'{r:.0f}' for r in run['rss_mib_per_worker']):>15} "
+            f"{max(run['peak_rss_mib_per_worker']):>9.0f} "
+            f"{'-' if recall is None else f'{recall:.3f}':>9} "
+            f"{figures.get('p50_ms', nan):>7.2f} {figures.get('p95_ms', nan):>7.2f} "
+            f"{figures.get('server_cpu_ms_per_request', nan):>10.2f}"
+        )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    def numbers(text: str) -> list[int]:
+        return [int(part) for part in text.split(",") if part.strip()]
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--items", type=int, default=1_000_000, help="works N (default 1M)")
+    parser.add_argument("--users", type=int, default=500, help="customers, each one request")
+    parser.add_argument(
+        "--ef-search",
+        type=numbers,
+        default=[128, 64, 256],
+        help="HNSW efSearch values served from the snapshot; the first also for the rebuild",
+    )
+    parser.add_argument("--workers", type=numbers, default=[1, 2], help="worker counts")
+    parser.add_argument(
+        "--redis-items", type=int, default=None, help="works stored in Redis (default N; 0: none)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where the stores go (default: the temp dir)"
+    )
+    parser.add_argument("--start-timeout", type=float, default=3600.0, help="seconds to /readyz")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 works")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.items, args.users = 20_000, 100
+    if args.redis_items is None:
+        args.redis_items = args.items
+    if args.out is None:
+        name = "million-quick.json" if args.quick else "million.json"
+        args.out = ROOT / "benchmarks" / "results" / name
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())
