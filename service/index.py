@@ -156,7 +156,7 @@ class ItemIndex:
             self._keys[slots] = keys
             self._versions[slots] = versions
             self._artists[slots] = [self._artist_code(artist) for artist in artist_ids]
-            self._norms[slots] = np.linalg.norm(embeddings, axis=1)
+            self._norms[slots] = np.sqrt(np.einsum("ij,ij->i", embeddings, embeddings))
             self._set_live(slots, True)
             self._item_ids.extend(item_ids)
             self._slot_by_item.update(zip(item_ids, slots.tolist(), strict=True))

@@ -138,8 +138,11 @@ class CatalogueIndex:
             candidate = Serving(model, index)
             cursor, replayed = self._catch_up(candidate, saved)
         except (SnapshotRejected, ChangesLost) as why:
-            log.warning(
-                "not starting from the index snapshot %s: %s; rebuilding from the store",
+            # A warning when it should have been usable: damaged, ahead, or the log trimmed.
+            usual = isinstance(why, SnapshotRejected) and why.usual
+            log.log(
+                logging.INFO if usual else logging.WARNING,
+                "index snapshot %s not used: %s; building the index from the store",
                 self._snapshots.path,
                 why,
             )
@@ -213,9 +216,12 @@ class CatalogueIndex:
         """`model`'s embeddings for these rows: stored ones where `model` computed them, the
         rest recomputed from the stored features and written back for the next reader."""
         rows = np.empty((len(item_ids), model.embedding_dim), np.float32)
-        stale = [n for n, version in enumerate(versions) if version != model.version]
-        for n in set(range(len(item_ids))) - set(stale):
-            rows[n] = stored[n]
+        stale = []
+        for n, version in enumerate(versions):
+            if version == model.version:
+                rows[n] = stored[n]
+            else:
+                stale.append(n)
         for start in range(0, len(stale), EMBED_BATCH):
             chunk = stale[start : start + EMBED_BATCH]
             features = self._store.features([item_ids[n] for n in chunk])

@@ -49,7 +49,13 @@ CHECKSUM = struct.Struct("<I")
 
 
 class SnapshotRejected(Exception):
-    """The snapshot cannot stand for the index wanted; the message says why."""
+    """The snapshot cannot stand for the index wanted; the message says why. `usual`: for
+    an everyday reason (none yet, or of another model or index settings, as after a
+    roll-out), not a snapshot that should have served and did not."""
+
+    def __init__(self, why: str, usual: bool = False) -> None:
+        super().__init__(why)
+        self.usual = usual
 
 
 def store_id(store: Store) -> str:
@@ -164,7 +170,8 @@ class IndexSnapshots:
                 header = _read_header(file)
                 problems = header.differences(wanted)
                 if problems:
-                    raise SnapshotRejected("it is " + "; ".join(problems))
+                    usual = header.store_id == self.store_id
+                    raise SnapshotRejected("it is " + "; ".join(problems), usual)
                 if cursor_position(header.cursor) > cursor_position(store_cursor):
                     raise SnapshotRejected(
                         f"its change-log cursor {header.cursor} is ahead of the store's "
@@ -178,7 +185,7 @@ class IndexSnapshots:
                 if body.crc != expected or file.read(1):
                     raise SnapshotRejected("it is corrupt (its checksum does not match)")
         except FileNotFoundError:
-            raise SnapshotRejected("there is none") from None
+            raise SnapshotRejected("there is none", usual=True) from None
         except SnapshotRejected:
             raise
         except Exception as error:  # whatever a damaged file makes numpy or FAISS raise
