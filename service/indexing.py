@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 # Artworks embedded per call when a model recomputes what another model stored.
 EMBED_BATCH = 2048
+# Artworks read from the store per page while building an index: what a build holds beside
+# the index itself (about 30 MB of row objects), however large the catalogue.
+CATALOGUE_PAGE = 50_000
 # A start that replayed this many changes after its snapshot saves a new one before serving,
 # so that a process that never shuts down cleanly does not replay more and more of them.
 RESAVE_AFTER_CHANGES = 10_000
@@ -150,28 +153,28 @@ class CatalogueIndex:
         return candidate, saved, cursor, replayed
 
     def _built(self, model: LoadedModel) -> tuple[Serving, str, int]:
-        """`model`'s index built from the store's catalogue, the cursor the catalogue is at
-        least as recent as, and how many embeddings were recomputed."""
+        """`model`'s index built from the store's catalogue, a page at a time, the cursor the
+        catalogue is at least as recent as, and how many embeddings were recomputed."""
         candidate = Serving(model, self._new_index(model.embedding_dim))
         cursor = self._store.change_cursor()  # before the catalogue: nothing is missed
-        catalogue = self._store.catalogue()
-        embeddings, embedded = self._current_embeddings(
-            model,
-            catalogue.keys,
-            catalogue.item_ids,
-            catalogue.embeddings,
-            catalogue.model_versions,
-            catalogue.updated_at,
-        )
-        if len(catalogue.keys):
-            candidate.index.upsert(
-                catalogue.keys,
-                catalogue.item_ids,
-                catalogue.artist_ids,
-                embeddings,
-                catalogue.updated_at,
+        embedded, after = 0, 0
+        while True:
+            page = self._store.catalogue(after, CATALOGUE_PAGE)
+            if not len(page.keys):
+                return candidate, cursor, embedded
+            embeddings, recomputed = self._current_embeddings(
+                model,
+                page.keys,
+                page.item_ids,
+                page.embeddings,
+                page.model_versions,
+                page.updated_at,
             )
-        return candidate, cursor, embedded
+            candidate.index.upsert(
+                page.keys, page.item_ids, page.artist_ids, embeddings, page.updated_at
+            )
+            embedded += recomputed
+            after = int(page.keys[-1])
 
     def _catch_up(self, serving: Serving, cursor: str) -> tuple[str, int]:
         """Apply every change logged after `cursor` to `serving`'s index: the cursor reached

@@ -264,8 +264,10 @@ class Store(Protocol):
         """Ids of up to `limit` customers with purchases, by id: a few to show, cheap at any
         number of customers (which ones is not a ranking)."""
 
-    def catalogue(self) -> Catalogue:
-        """Every item for sale, to build the index from."""
+    def catalogue(self, after: int = 0, limit: int | None = None) -> Catalogue:
+        """The items for sale whose key is above `after`, in key order, at most `limit` of
+        them (None: all): what the index is built from, a page at a time, so that building
+        it never holds a million rows' objects at once."""
 
     def best_sellers(self, limit: int) -> list[str]:
         """Ids of items for sale, most units sold first (ties: newest first)."""

@@ -49,6 +49,7 @@ from service.stores.base import (
 
 PREFIX = "curatornet:"
 KEYS = f"{PREFIX}keys"
+KEY_COUNTER = f"{PREFIX}key_counter"
 LIVE = f"{PREFIX}live"
 NEWEST = f"{PREFIX}newest"
 BEST_SELLERS = f"{PREFIX}best_sellers"
@@ -568,26 +569,36 @@ class RedisStore(Store):
             if cursor == 0 or len(found) >= limit:
                 return sorted(member.decode() for member in found)[:limit]
 
-    def catalogue(self) -> Catalogue:
-        keys: list[int] = []
-        ids: list[str] = []
-        artists: list[str] = []
-        embeddings: list[np.ndarray] = []
-        versions: list[str] = []
-        updated: list[float] = []
-        listed = _ids_from_members(self._redis.zrange(NEWEST, 0, -1))
+    def catalogue(self, after: int = 0, limit: int | None = None) -> Catalogue:
+        rows: list[tuple[int, str, str, np.ndarray, str, float]] = []
         fields = ("key", "artist_id", "embedding", "stock", "deleted", "model_version")
-        for item_id, (key, artist, blob, stock, gone, version, changed) in self._fields(
-            listed, *fields, "updated_at"
-        ):
-            # The set was read before these hashes: keep only what is still for sale.
-            if _for_sale(stock, gone):
-                keys.append(int(key))
-                ids.append(item_id)
-                artists.append(artist.decode())
-                embeddings.append(as_vector(blob))
-                versions.append((version or b"").decode())
-                updated.append(float(changed))
+        # Keys are handed out by the counter: the keys above `after` are read in order, a
+        # chunk at a time, up to the counter, so each item is met once however the for-sale
+        # sets change meanwhile.
+        last = int(self._redis.get(KEY_COUNTER) or 0)
+        wanted = last if limit is None else limit
+        for first in range(after + 1, last + 1, CHUNK):
+            if len(rows) >= wanted:
+                break
+            chunk = list(range(first, min(first + CHUNK, last + 1)))
+            listed = [i.decode() for i in self._redis.hmget(KEYS, chunk) if i is not None]
+            rows += [
+                (
+                    int(key),
+                    item_id,
+                    artist.decode(),
+                    as_vector(blob),
+                    (version or b"").decode(),
+                    float(changed),
+                )
+                for item_id, (key, artist, blob, stock, gone, version, changed) in self._fields(
+                    listed, *fields, "updated_at"
+                )
+                if _for_sale(stock, gone)
+            ]
+        keys, ids, artists, embeddings, versions, updated = (
+            list(column) for column in (zip(*rows[:wanted], strict=True) if rows else [()] * 6)
+        )
         return Catalogue(np.array(keys, np.int64), ids, artists, embeddings, versions, updated)
 
     def best_sellers(self, limit: int) -> list[str]:

@@ -395,10 +395,11 @@ class SQLiteStore(Store):
         )
         return [row[0] for row in rows]
 
-    def catalogue(self) -> Catalogue:
+    def catalogue(self, after: int = 0, limit: int | None = None) -> Catalogue:
         rows = self._read(
             "SELECT key, id, artist_id, embedding, model_version, updated_at FROM items "
-            f"WHERE {FOR_SALE}"
+            f"WHERE key > ? AND {FOR_SALE} ORDER BY key LIMIT ?",
+            (after, -1 if limit is None else limit),
         )
         keys, ids, artists, blobs, versions, updated = list(zip(*rows, strict=True)) or [()] * 6
         return Catalogue(

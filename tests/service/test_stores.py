@@ -76,6 +76,20 @@ def test_catalogue_holds_exactly_what_is_for_sale(store: Store) -> None:
     assert catalogue.keys.dtype == np.int64
 
 
+def test_the_catalogue_reads_in_pages_by_key(store: Store) -> None:
+    """What an index build reads a page at a time: each work for sale once, in key order."""
+    keys = store.upsert_items([new_item(i, seed=n) for n, i in enumerate("abcdefg")]).keys
+    store.delete_item("c")
+    store.record_purchase("u", ["e"], 1.0)
+    pages, after = [], 0
+    while (page := store.catalogue(after, 2)).item_ids:
+        pages.append(page.item_ids)
+        after = int(page.keys[-1])
+    assert pages == [["a", "b"], ["d", "f"], ["g"]]
+    assert store.catalogue().item_ids == ["a", "b", "d", "f", "g"]
+    assert store.catalogue(keys[-1]).item_ids == []
+
+
 def test_purchase_sells_one_of_a_kind_and_runs_down_editions(store: Store) -> None:
     store.upsert_items([new_item("unique"), new_item("print", stock=2, edition=2)])
     sale = store.record_purchase("u1", ["unique", "print"], 100.0)
