@@ -21,7 +21,9 @@ customers of 1 to 5 purchases each (editions large enough that nothing sells out
    recall@20 of its answers against the exact ones; then a clean shutdown;
 3. the service again for each --ef-search, now starting from the snapshot (efSearch is a
    search setting, not part of the snapshot's identity): time to /readyz, RSS, the same series;
-   and with --workers > 1, that many workers starting from it at once, RSS per worker;
+   then after --replay works were uploaded again through the store, a start that replays
+   those changes after its snapshot; and with --workers > 1, that many workers starting from
+   the snapshot at once, RSS per worker;
 4. a redis-server of its own holding --redis-items of the same works, written through
    `RedisStore.upsert_items`: INFO used_memory per work.
 
@@ -63,6 +65,8 @@ REDIS_BATCH = 1_000  # works per RedisStore.upsert_items call (one Lua script ea
 EDITION = 1_000_000  # prints per work: no purchase here sells one out
 WARM_REQUESTS = 20
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# service/app.py's start-up line after loading a snapshot.
+REPLAYED_LOG = re.compile(r"loaded from \S+ with \d+ items, (\d+) changes replayed")
 # service/snapshot.py's line after writing one.
 SNAPSHOT_LOG = re.compile(
     r"index snapshot written to \S+ \((\d+) items, cursor \S+\) in ([\d.]+) s"
@@ -220,10 +224,12 @@ def started(service: Service) -> dict[str, Any]:
         if service.workers == 1 or b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
     ]
     written = SNAPSHOT_LOG.findall(log)
+    replayed = REPLAYED_LOG.findall(log)
     return {
         "ready_s": service.ready_s,
         "all_workers_started_s": service.all_workers_started_s,
         "loaded_from_snapshot": "loaded from" in log,
+        "changes_replayed": [int(count) for count in replayed],
         "rebuild_logged": service.rebuilds_logged(),
         "snapshot_written_s": [float(seconds) for _, seconds in written],
         "index_size": service.index_size(),
@@ -247,6 +253,20 @@ def serve_once(
         service.stop()
     run["shutdown_s"] = time.perf_counter() - began
     return run
+
+
+def upload_again(database: Path, n_items: int, seed: int, model: LoadedModel) -> dict[str, Any]:
+    """`n_items` works uploaded again with new features (the first works of a market of
+    that size, under the same ids), through the store as another process would: changes the
+    next start replays after its snapshot."""
+    store = open_store(f"sqlite:///{database}")
+    began = time.perf_counter()
+    try:
+        for batch in works(n_items, seed + 1, model):
+            store.upsert_items(batch)
+    finally:
+        store.close()
+    return {"changes": n_items, "seconds": time.perf_counter() - began}
 
 
 def redis_bytes(n_items: int, seed: int, model: LoadedModel, work: Path) -> dict[str, Any]:
@@ -273,6 +293,50 @@ def redis_bytes(n_items: int, seed: int, model: LoadedModel, work: Path) -> dict
     }
 
 
+def measure(args: argparse.Namespace, model: LoadedModel, work: Path, results: dict) -> None:
+    """Every phase (see the module docstring), its figures into `results` as they come."""
+    database = work / "store.db"
+    store = open_store(f"sqlite:///{database}")
+    try:
+        print(f"... generating, embedding and storing {args.items:,} works", flush=True)
+        loaded = load_sqlite(store, args.items, args.seed, model)
+        baskets = customers(store, args.items, args.users, args.seed)
+    finally:
+        store.close()
+    embeddings = loaded.pop("embeddings")
+    results["load"] = loaded
+    sizes = {path.name: path.stat().st_size for path in work.glob("store.db*")}
+    results["sqlite"] = {"files": sizes, "bytes_per_work": sum(sizes.values()) / args.items}
+    print("... exact answers in process", flush=True)
+    exact = exact_answers(model, embeddings, baskets)
+    del embeddings
+    default_ef = args.ef_search[0]
+    with environment(CURATORNET_INDEX_KIND="hnsw", CURATORNET_INFERENCE_THREADS="1"):
+        print("... service without a snapshot: rebuild from the store", flush=True)
+        results["without_snapshot"] = serve_once(
+            database, work / "rebuild.log", 1, default_ef, exact
+        )
+        snapshot = database.with_name(database.name + ".index")
+        results["snapshot_bytes_per_work"] = snapshot.stat().st_size / args.items
+        results["with_snapshot"] = []
+        for ef in args.ef_search:
+            print(f"... service from the snapshot, efSearch {ef}", flush=True)
+            log = work / f"snapshot-ef{ef}.log"
+            results["with_snapshot"].append(serve_once(database, log, 1, ef, exact))
+        if args.replay:
+            print(f"... {args.replay:,} works uploaded again, then from the snapshot", flush=True)
+            results["replay"] = upload_again(database, args.replay, args.seed, model)
+            log = work / "snapshot-replay.log"
+            results["with_snapshot"].append(serve_once(database, log, 1, default_ef, None))
+        for workers in [w for w in args.workers if w > 1]:
+            print(f"... {workers} workers from the snapshot", flush=True)
+            log = work / f"snapshot-{workers}-workers.log"
+            results["with_snapshot"].append(serve_once(database, log, workers, default_ef, None))
+    if args.redis_items:
+        print(f"... Redis: {args.redis_items:,} works", flush=True)
+        results["redis"] = redis_bytes(args.redis_items, args.seed, model, work)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     serve.START_TIMEOUT_S = args.start_timeout  # a rebuild of a million works takes minutes
@@ -285,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "load_average_at_start": os.getloadavg(),
         },
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}
+        "settings": {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in vars(args).items()
+            if key != "out"
+        }
         | {"k": K, "model": str(MODEL_DIR), "index_kind": "hnsw"},
         "notes": [
             "Latency is client-side over real HTTP (localhost), one request at a time on one"
@@ -299,48 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             "RSS is VmRSS of each worker process once ready; peak is VmHWM.",
         ],
     }
-    with tempfile.TemporaryDirectory(prefix="curatornet-million-", dir=args.dir) as tmp:
-        work = Path(tmp)
-        database = work / "store.db"
-        store = open_store(f"sqlite:///{database}")
-        try:
-            print(f"... generating, embedding and storing {args.items:,} works", flush=True)
-            loaded = load_sqlite(store, args.items, args.seed, model)
-            baskets = customers(store, args.items, args.users, args.seed)
-        finally:
-            store.close()
-        embeddings = loaded.pop("embeddings")
-        results["load"] = loaded
-        sizes = {path.name: path.stat().st_size for path in work.glob("store.db*")}
-        results["sqlite"] = {"files": sizes, "bytes_per_work": sum(sizes.values()) / args.items}
-        print("... exact answers in process", flush=True)
-        exact = exact_answers(model, embeddings, baskets)
-        del embeddings
-        default_ef = args.ef_search[0]
-        with environment(CURATORNET_INDEX_KIND="hnsw", CURATORNET_INFERENCE_THREADS="1"):
-            print("... service without a snapshot: rebuild from the store", flush=True)
-            results["without_snapshot"] = serve_once(
-                database, work / "rebuild.log", 1, default_ef, exact
-            )
-            snapshot = database.with_name(database.name + ".index")
-            results["snapshot_bytes_per_work"] = snapshot.stat().st_size / args.items
-            results["with_snapshot"] = []
-            for ef in args.ef_search:
-                print(f"... service from the snapshot, efSearch {ef}", flush=True)
-                log = work / f"snapshot-ef{ef}.log"
-                results["with_snapshot"].append(serve_once(database, log, 1, ef, exact))
-            for workers in [w for w in args.workers if w > 1]:
-                print(f"... {workers} workers from the snapshot", flush=True)
-                log = work / f"snapshot-{workers}-workers.log"
-                results["with_snapshot"].append(
-                    serve_once(database, log, workers, default_ef, None)
-                )
-        if args.redis_items:
-            print(f"... Redis: {args.redis_items:,} works", flush=True)
-            results["redis"] = redis_bytes(args.redis_items, args.seed, model, work)
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    try:
+        with tempfile.TemporaryDirectory(prefix="curatornet-million-", dir=args.dir) as tmp:
+            measure(args, model, Path(tmp), results)
+    finally:  # what was measured is kept, whatever stopped the run
+        results["machine"]["load_average_at_end"] = os.getloadavg()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_summary(results)
     print(f"\nwritten to {args.out}")
     failed = sum(
@@ -368,7 +401,7 @@ def print_summary(results: dict[str, Any]) -> None:
         redis_ = results["redis"]
         print(f"Redis: {redis_['bytes_per_work']:,.0f} bytes per work ({redis_['items']:,} works)")
     header = (
-        f"{'start':<9} {'w':>2} {'ef':>4} {'ready s':>8} {'RSS MiB/worker':>15} "
+        f"{'start':<9} {'w':>2} {'ef':>4} {'replayed':>8} {'ready s':>8} {'RSS MiB/worker':>15} "
         f"{'peak MiB':>9} {'recall@20':>9} {'p50 ms':>7} {'p95 ms':>7} {'CPU ms/req':>10}"
     )
     print(header)
@@ -378,7 +411,7 @@ def print_summary(results: dict[str, Any]) -> None:
         recall = figures.get("recall_at_20")
         print(
             f"{'snapshot' if run['loaded_from_snapshot'] else 'rebuild':<9} {run['workers']:>2} "
-            f"{run['ef_search']:>4} {run['ready_s']:>8.1f} "
+            f"{run['ef_search']:>4} {sum(run['changes_replayed']):>8} {run['ready_s']:>8.1f} "
             f"{'/'.join(f'{r:.0f}' for r in run['rss_mib_per_worker']):>15} "
             f"{max(run['peak_rss_mib_per_worker']):>9.0f} "
             f"{'-' if recall is None else f'{recall:.3f}':>9} "
@@ -404,6 +437,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=numbers, default=[1, 2], help="worker counts")
     parser.add_argument(
+        "--replay",
+        type=int,
+        default=20_000,
+        help="works uploaded again after the snapshot, for a start that replays them",
+    )
+    parser.add_argument(
         "--redis-items", type=int, default=None, help="works stored in Redis (default N; 0: none)"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -415,7 +454,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 20,000 works")
     args = parser.parse_args(argv)
     if args.quick:
-        args.items, args.users = 20_000, 100
+        args.items, args.users, args.replay = 20_000, 100, 2_000
     if args.redis_items is None:
         args.redis_items = args.items
     if args.out is None:
