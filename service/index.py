@@ -37,11 +37,17 @@ class Hit:
 
 class ItemIndex:
     def __init__(
-        self, dim: int, kind: str = "flat", hnsw_m: int = 32, hnsw_ef_search: int = 128
+        self,
+        dim: int,
+        kind: str = "flat",
+        hnsw_m: int = 32,
+        hnsw_ef_search: int = 128,
+        threads: int = 1,
     ) -> None:
+        """`threads`: OpenMP threads per search (and per HNSW insertion)."""
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
-        self.dim, self.kind = dim, kind
+        self.dim, self.kind, self.threads = dim, kind, threads
         self.hnsw_m, self.hnsw_ef_search = hnsw_m, hnsw_ef_search
         self._lock = threading.RLock()
         self._reset()
@@ -107,6 +113,7 @@ class ItemIndex:
         versions: list[float],
     ) -> None:
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32).reshape(-1, self.dim)
+        faiss.omp_set_num_threads(self.threads)  # see _search
         with self._lock:
             self.remove(keys)
             slots = np.arange(self._next_slot, self._next_slot + len(item_ids), dtype=np.int64)
@@ -230,6 +237,13 @@ class ItemIndex:
     def _search(
         self, query: np.ndarray, k: int, selector: faiss.IDSelector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        # OpenMP's thread count is a setting of the calling thread, and searches run on
+        # whichever thread of the server's pool takes the request: set in the lifespan only,
+        # it never reached them, and each search woke a pool of one thread per core whose
+        # threads then spun between requests (three times the CPU of the search itself).
+        faiss.omp_set_num_threads(self.threads)
+        if self.kind == "flat" and selector is None:
+            return self._exact(query, k)
         # faiss's stubs lack SearchParametersHNSW and the keyword arguments its Python wrapper
         # takes; both are documented and used as the library's own tests use them.
         if self.kind == "hnsw":
@@ -239,3 +253,17 @@ class ItemIndex:
         else:
             params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         return self._faiss.search(query, k, params=params)
+
+    def _exact(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The flat index's unfiltered search, [1, k] best scores over the Q queries and their
+        slots: one matrix product over the vectors FAISS stores (read in place), then one
+        partial sort. IndexFlatIP.search scans the catalogue once per query with a heap per
+        query; for the few queries of one customer that took three times the CPU (1.0 ms
+        against 0.34 ms for 4 x 65-d queries over 13,297 works)."""
+        flat = faiss.downcast_index(self._faiss.index)
+        count = flat.ntotal
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), count * self.dim).reshape(count, self.dim)
+        best = (query @ vectors.T).max(axis=0)  # [N]: each work's score is its best query's
+        top = np.argpartition(-best, k - 1)[:k] if k < count else np.arange(count)
+        slots = faiss.rev_swig_ptr(self._faiss.id_map.data(), count)
+        return best[top][None], slots[top][None]

@@ -33,7 +33,7 @@ from service.api.deps import (
     StoreDep,
 )
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
-from service.api.schemas import Identifier, RecommendedItem, errors, invalid
+from service.api.schemas import Identifier, RecommendedItem, errors, invalid, json_response
 from service.ingest import Upload, UploadRefused, ingest
 from service.pictures import (
     CACHE_CONTROL,
@@ -400,8 +400,10 @@ def similar_items(
     recommender: RecommenderDep,
     settings: SettingsDep,
     k: Annotated[int, Query(ge=1)] = 20,
-) -> SimilarOut:
+) -> Response:
     if k > settings.max_k:
         raise invalid(("query", "k"), f"k must be at most {settings.max_k}, got {k}")
     hits = recommender.similar(item_id, k)
-    return SimilarOut(item_id=item_id, items=[RecommendedItem.of(h) for h in hits])
+    return json_response(
+        SimilarOut.model_construct(item_id=item_id, items=[RecommendedItem.of(h) for h in hits])
+    )

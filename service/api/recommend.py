@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.api.deps import RecommenderDep, SettingsDep, require_api_key
-from service.api.schemas import Identifier, RecommendedItem, errors, invalid
+from service.api.deps import RecommenderDep, SettingsDep, check_api_key
+from service.api.schemas import Identifier, RecommendedItem, errors, invalid, json_response
 from service.recommender import FALLBACK, PERSONALIZED, Filters
 from service.stores.base import UnknownItemsError
 
@@ -51,12 +51,12 @@ def recommend(
     recommender: RecommenderDep,
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header()] = None,
-) -> RecommendOut:
+) -> Response:
     """A customer's recommendations (by `user_id`) need the API key when one is configured, as
     their purchase history does: `explain` names their purchases, and comparing answers with
     and without `exclude_purchased` lists them. A visitor's (by `history`) are open."""
     if request.user_id is not None:
-        require_api_key(settings, x_api_key)
+        check_api_key(settings, x_api_key)
     if request.k > settings.max_k:
         raise invalid(("body", "k"), f"k must be at most {settings.max_k}, got {request.k}")
     if request.user_id is not None:
@@ -76,10 +76,12 @@ def recommend(
         if request.user_id is not None:
             raise  # a stored history naming a vanished item is not the caller's mistake
         raise invalid(("body", "history"), f"unknown item id(s): {error.item_ids}") from None
-    return RecommendOut(
-        strategy=result.strategy,
-        user_id=request.user_id,
-        model_version=result.model_version,
-        history_used=result.history_used,
-        items=[RecommendedItem.of(r) for r in result.items],
+    return json_response(
+        RecommendOut.model_construct(
+            strategy=result.strategy,
+            user_id=request.user_id,
+            model_version=result.model_version,
+            history_used=result.history_used,
+            items=[RecommendedItem.of(r) for r in result.items],
+        )
     )
