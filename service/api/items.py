@@ -33,7 +33,14 @@ from service.api.deps import (
     StoreDep,
 )
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
-from service.api.schemas import Identifier, RecommendedItem, errors, invalid, json_response
+from service.api.schemas import (
+    Identifier,
+    RecommendedItem,
+    errors,
+    invalid,
+    json_response,
+    recommended,
+)
 from service.ingest import Upload, UploadRefused, ingest
 from service.pictures import (
     CACHE_CONTROL,
@@ -395,7 +402,7 @@ def delete_item(item_id: Annotated[str, Path()], catalogue: CatalogueDep) -> Del
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarOut, responses=errors(404, 503))
-def similar_items(
+async def similar_items(  # on the event loop, as /recommend (see there)
     item_id: Annotated[str, Path()],
     recommender: RecommenderDep,
     settings: SettingsDep,
@@ -404,6 +411,4 @@ def similar_items(
     if k > settings.max_k:
         raise invalid(("query", "k"), f"k must be at most {settings.max_k}, got {k}")
     hits = recommender.similar(item_id, k)
-    return json_response(
-        SimilarOut.model_construct(item_id=item_id, items=[RecommendedItem.of(h) for h in hits])
-    )
+    return json_response({"item_id": item_id, "items": [recommended(h) for h in hits]})

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.api.deps import RecommenderDep, SettingsDep, check_api_key
-from service.api.schemas import Identifier, RecommendedItem, errors, invalid, json_response
+from service.api.schemas import (
+    Identifier,
+    RecommendedItem,
+    errors,
+    invalid,
+    json_response,
+    recommended,
+)
 from service.recommender import FALLBACK, PERSONALIZED, Filters
 from service.stores.base import UnknownItemsError
 
@@ -46,7 +53,11 @@ class RecommendOut(BaseModel):
 @router.post(
     "/recommend", response_model=RecommendOut, responses=errors(400, 401, 403, 404, 413, 503)
 )
-def recommend(
+# `async def` though it blocks: a recommendation takes a few tenths of a millisecond of CPU, and
+# the hop to FastAPI's thread pool and back took as much again. A worker answers one at a time
+# either way (its model and index run on one thread, CURATORNET_INFERENCE_THREADS); throughput
+# comes from worker processes.
+async def recommend(
     request: RecommendIn,
     recommender: RecommenderDep,
     settings: SettingsDep,
@@ -77,11 +88,11 @@ def recommend(
             raise  # a stored history naming a vanished item is not the caller's mistake
         raise invalid(("body", "history"), f"unknown item id(s): {error.item_ids}") from None
     return json_response(
-        RecommendOut.model_construct(
-            strategy=result.strategy,
-            user_id=request.user_id,
-            model_version=result.model_version,
-            history_used=result.history_used,
-            items=[RecommendedItem.of(r) for r in result.items],
-        )
+        {
+            "strategy": result.strategy,
+            "user_id": request.user_id,
+            "model_version": result.model_version,
+            "history_used": result.history_used,
+            "items": [recommended(r) for r in result.items],
+        }
     )
