@@ -18,10 +18,12 @@ import numpy as np
 
 from curatornet.model_loader import LoadedModel
 from service.index import ItemIndex
-from service.stores.base import Item, NewItem, Sale, Store, UpsertResult
+from service.stores.base import ChangesLost, Item, NewItem, Sale, Store, UpsertResult
 
 # Artworks embedded per call when a model recomputes what another model stored.
 EMBED_BATCH = 2048
+# Changes read from the log per call.
+CHANGES_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,27 @@ class CatalogueIndex:
             with self._follow_lock:
                 self._apply(serving, keys)
 
+    def catch_up(self, serving: Serving) -> bool:
+        """Apply what was logged since the last sync (up to one batch of changes), so that
+        `serving` holds exactly what the store has for sale now: True when it does.
+
+        Nothing logged since costs one read of the log's newest position. False when this
+        cannot be said: the log was trimmed past this process's cursor (the follower will
+        rebuild), more changes are waiting than one batch, or a roll-out replaced `serving`.
+        """
+        if self._store.change_cursor() != self._cursor:
+            try:
+                applied = self.follow_changes()
+            except ChangesLost:
+                return False
+            if applied >= CHANGES_BATCH:
+                return False
+        return serving is self._serving
+
     def follow_changes(self) -> int:
         """Apply every change logged since the last call (by any process); returns how many."""
         with self._follow_lock:
-            cursor, keys = self._store.changes_since(self._cursor)
+            cursor, keys = self._store.changes_since(self._cursor, CHANGES_BATCH)
             if keys:
                 self._apply(self.serving, keys)
             self._cursor = cursor

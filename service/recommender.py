@@ -1,9 +1,9 @@
 """Ranking: what to recommend to a customer or a visitor, which works are alike, why, and
 what to offer someone with no history yet.
 
-Every request reads one `Serving` snapshot (model and index together) and confirms each
-result with the store before it leaves, so a work sold through another process is never
-offered.
+Every request reads one `Serving` snapshot (model and index together) and brings its index
+level with the store's change log before searching, so a work sold through another process
+is never offered.
 """
 
 from __future__ import annotations
@@ -126,11 +126,19 @@ class Recommender:
         include_artists: set[str] | None = None,
         exclude_artists: set[str] | None = None,
     ) -> list[Hit]:
-        """Search, then confirm with the store that every hit is still for sale.
+        """Search among what is for sale now.
 
-        Another process may have sold or deleted a work in the last sync interval; such a hit
-        is refreshed from the store (which takes it out of this index) and the search rerun.
+        Other processes' sales and deletions reach this index through the change log every
+        sync interval; a request first applies any logged since (`catch_up`: one cheap read
+        when there are none, where confirming each hit with the store cost ten times that).
+        When the index cannot be brought level so (see `catch_up`), each hit is confirmed with
+        the store instead; a hit found sold is refreshed from the store (which takes it out of
+        this index) and the search rerun.
         """
+        if self._catalogue.catch_up(serving):
+            return serving.index.search(
+                queries, k, exclude, include_artists, exclude_artists or set()
+            )
         for _ in range(STALE_RETRIES):
             hits = serving.index.search(
                 queries, k, exclude, include_artists, exclude_artists or set()
