@@ -31,7 +31,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+import redis
+from durability import free_port, redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
 # Serving from feature vectors (the image path is benchmarks/images.py): the 2048-d model.
@@ -64,12 +65,6 @@ REBUILD_LOG = re.compile(
 )
 STARTED_LOG = "Application startup complete."  # uvicorn's, once per worker process
 REBUILD_METRIC = re.compile(r"^curatornet_index_rebuild_seconds (\S+)$", re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def item_id(row: int) -> str:
@@ -644,6 +639,7 @@ def bench_size(
             again = one_at_a_time(service, args.users, args.requests, args.seed)
         compared["model_one_at_a_time_again"] = again
         compared["model_p50_over_compared_p50"] = again["p50_ms"] / other["p50_ms"]
+    on_redis = on_a_redis_server(n_items, baskets, args, work) if args.redis else None
     print(f"... N={n_items}: the naive way (Keras + numpy, in process)", flush=True)
     naive_result = naive.benchmark(n_items, baskets, args.requests, args.seed)
     for run in runs:
@@ -660,7 +656,51 @@ def bench_size(
         **loading,
         "runs": runs,
         "compared": compared,
+        "redis": on_redis,
         "naive": naive_result,
+    }
+
+
+def redis_counters(url: str) -> tuple[float, int]:
+    """The Redis server's own CPU seconds (user + system, all its threads) and the commands
+    it has run so far: read before and after a series, they give its cost per request."""
+    client = redis.Redis.from_url(url)
+    cpu = client.info("cpu")
+    commands = client.info("commandstats")
+    client.close()
+    calls = sum(int(stats["calls"]) for stats in commands.values())
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+
+
+def on_a_redis_server(
+    n_items: int, baskets: list[np.ndarray], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """The same catalogue and purchases on a real redis-server (append-only file, fsync every
+    second: the compose file's), then one request at a time: what each recommendation costs
+    the service, and what it costs Redis (its commands and its CPU), which says how many
+    replicas one Redis can serve."""
+    print(f"... N={n_items}: 1 worker on Redis, one at a time", flush=True)
+    directory = work / f"redis-{n_items}"
+    directory.mkdir()
+    with redis_server(directory, "everysec") as url:
+        with Service(url, 1, work / f"redis-load-{n_items}.log", args.model_dir) as service:
+            ingest(service, n_items, args.seed)
+            asyncio.run(record_purchases(service.url, baskets, args.concurrency))
+        used = redis.Redis.from_url(url).info("memory")["used_memory"]
+        with Service(url, 1, work / f"redis-{n_items}.log", args.model_dir) as service:
+            one_at_a_time(service, args.users, WARM_REQUESTS, args.seed + 1)
+            cpu_before, calls_before = redis_counters(url)
+            series = one_at_a_time(service, args.users, args.requests, args.seed)
+            cpu_after, calls_after = redis_counters(url)
+            errors = service.errors_logged()
+    requests = series["requests"] + WARM_REQUESTS  # one_at_a_time's warm-up reaches Redis too
+    return {
+        "one_at_a_time": series,
+        "redis_commands_per_request": (calls_after - calls_before - 2) / requests,
+        "redis_cpu_ms_per_request": (cpu_after - cpu_before) / requests * 1000,
+        "redis_used_memory_mib": used / 2**20,
+        "redis_bytes_per_item": used / n_items,
+        "errors_logged": errors,
     }
 
 
@@ -720,6 +760,16 @@ def print_table(results: dict[str, Any]) -> None:
                 f"with the model, {compared['one_at_a_time']['p50_ms']:.2f} ms with "
                 f"{compared['model_dir']} (ratio {compared['model_p50_over_compared_p50']:.2f})"
             )
+        if size.get("redis"):
+            on_redis = size["redis"]
+            series = on_redis["one_at_a_time"]
+            print(
+                f"on Redis, 1 worker one-by-one: p50 {series['p50_ms']:.2f} ms, service CPU "
+                f"{series['server_cpu_ms_per_request']:.2f} ms; Redis ran "
+                f"{on_redis['redis_commands_per_request']:.1f} commands and "
+                f"{on_redis['redis_cpu_ms_per_request']:.3f} ms of CPU per request; it holds "
+                f"{on_redis['redis_bytes_per_item']:.0f} bytes per work"
+            )
         for name, figures in size["naive"].items():
             ratios = ", ".join(
                 f"{run['naive_p50_over_service_p50'][name]['one_at_a_time']:.2f}x "
@@ -767,6 +817,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="another model (e.g. the paper architecture) to time one request at a time on the "
         "same catalogue, alternating with --model-dir in the same run",
+    )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="also serve each catalogue from a real redis-server (needs redis-server installed) "
+        "and measure what a recommendation costs Redis",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: --sizes 2000 --duration 3")
     args = parser.parse_args(argv)
