@@ -70,23 +70,20 @@ async def recommend(
         check_api_key(settings, x_api_key)
     if request.k > settings.max_k:
         raise invalid(("body", "k"), f"k must be at most {settings.max_k}, got {request.k}")
-    if request.user_id is not None:
-        history = recommender.purchased_by(request.user_id)
-    else:
-        history = list(request.history or [])
     filters = Filters(
         exclude_purchased=request.exclude_purchased,
         include_artists=None if request.include_artists is None else set(request.include_artists),
         exclude_artists=set(request.exclude_artists),
     )
-    try:
-        result = recommender.recommend(
-            history, request.k, filters, settings.explain_items if request.explain else 0
-        )
-    except UnknownItemsError as error:
-        if request.user_id is not None:
-            raise  # a stored history naming a vanished item is not the caller's mistake
-        raise invalid(("body", "history"), f"unknown item id(s): {error.item_ids}") from None
+    explain = settings.explain_items if request.explain else 0
+    if request.user_id is not None:
+        # A stored history naming a vanished item is not the caller's mistake: no 422 here.
+        result = recommender.for_customer(request.user_id, request.k, filters, explain)
+    else:
+        try:
+            result = recommender.recommend(list(request.history or []), request.k, filters, explain)
+        except UnknownItemsError as error:
+            raise invalid(("body", "history"), f"unknown item id(s): {error.item_ids}") from None
     return json_response(
         {
             "strategy": result.strategy,
