@@ -36,7 +36,7 @@ FEATURE_DIM = 2048
 EMBEDDING_DIM = 65
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -48,7 +48,7 @@ def redis_server(directory: Path, appendfsync: str) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     arguments = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir"]
     arguments += [str(directory), "--appendonly", "yes", "--appendfsync", appendfsync]
     server = subprocess.Popen([binary, *arguments], stdout=subprocess.DEVNULL)

@@ -13,7 +13,10 @@ customers of 1 to 5 purchases each (editions large enough that nothing sells out
 
 1. exact answers, in this process: each sampled customer's top 20 by the served rule (the
    user tower over the stored embeddings of their purchases, an item's score its best inner
-   product with the interests, purchases left out), over every work;
+   product with the interests, purchases left out), over every work; and, once the service
+   has written its snapshot, that snapshot loaded here and the HNSW search alone timed on
+   one thread for the same customers, so a request's latency splits into the search and the
+   rest;
 2. `python -m service` with CURATORNET_INDEX_KIND=hnsw and no snapshot on disk: time to
    /readyz (the rebuild from the store, and the snapshot it then writes), RSS; the sampled
    customers' POST /recommend one at a time on one keep-alive connection: latency, server CPU
@@ -56,6 +59,9 @@ from serve import MODEL_DIR, ROOT, Service, percentiles, process_tree, rss_mib
 
 from curatornet.model_loader import LoadedModel, load_model
 from curatornet.synthetic import MarketConfig, catalogue_batches
+from service.config import Settings
+from service.index import ItemIndex
+from service.snapshot import IndexSnapshots
 from service.stores import open_store
 from service.stores.base import NewItem, Store
 
@@ -64,7 +70,6 @@ BATCH = 10_000  # works per batch generated, embedded and written to SQLite
 REDIS_BATCH = 1_000  # works per RedisStore.upsert_items call (one Lua script each)
 EDITION = 1_000_000  # prints per work: no purchase here sells one out
 WARM_REQUESTS = 20
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # service/app.py's start-up line after loading a snapshot.
 REPLAYED_LOG = re.compile(r"loaded from \S+ with \d+ items, (\d+) changes replayed")
 # service/snapshot.py's line after writing one.
@@ -139,9 +144,10 @@ def customers(store: Store, n_items: int, n_users: int, seed: int) -> list[list[
 
 def exact_answers(
     model: LoadedModel, embeddings: np.ndarray, baskets: list[list[int]]
-) -> list[list[str]]:
-    """Each customer's exact top K over every work, as the service ranks (purchases left out)."""
-    answers = []
+) -> tuple[list[list[str]], list[np.ndarray]]:
+    """Each customer's exact top K over every work, as the service ranks (purchases left out),
+    and the customer's interests it ranks by."""
+    answers, queries = [], []
     for basket in baskets:
         history = embeddings[basket][None]
         interests = model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
@@ -149,17 +155,43 @@ def exact_answers(
         scores[basket] = -np.inf
         top = np.argpartition(-scores, K)[:K]
         answers.append([item_id(row) for row in top[np.argsort(-scores[top])]])
-    return answers
+        queries.append(interests)
+    return answers, queries
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes (all their threads), from /proc."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(FileNotFoundError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
-    return total / CLOCK_TICKS
+def search_times(
+    database: Path,
+    model: LoadedModel,
+    queries: list[np.ndarray],
+    baskets: list[list[int]],
+    efs: list[int],
+) -> dict[str, Any]:
+    """The HNSW search alone, in this process on one thread, for the same customers: the
+    snapshot the service wrote loaded here, each customer's interests searched for the top K
+    with their purchases left out, as the service searches. What a request costs beside it
+    is the service's own (HTTP, the user tower, the store)."""
+    settings = Settings(store_url=f"sqlite:///{database}")
+    store = open_store(settings.store_url)
+    try:
+        snapshots = IndexSnapshots.for_store(settings, store)
+        assert snapshots is not None
+        empty = ItemIndex(model.embedding_dim, "hnsw", settings.hnsw_m, efs[0])
+        began = time.perf_counter()
+        index, _ = snapshots.load(empty, model.version, store.change_cursor())
+        loaded = time.perf_counter() - began
+    finally:
+        store.close()
+    figures: dict[str, Any] = {"snapshot_load_s": loaded}
+    for ef in efs:
+        index.hnsw_ef_search = ef
+        seconds = []
+        for interests, basket in zip(queries, baskets, strict=True):
+            excluded = {item_id(row) for row in basket}
+            began = time.perf_counter()
+            index.search(interests, K, excluded)
+            seconds.append(time.perf_counter() - began)
+        figures[f"ef_search_{ef}"] = percentiles(seconds)
+    return figures
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -176,9 +208,8 @@ def series(service: Service, exact: list[list[str]]) -> dict[str, Any]:
     bodies = [{"user_id": user_id(user), "k": K} for user in range(len(exact))]
     for body in bodies[:WARM_REQUESTS]:
         service.client.post("/recommend", json=body)
-    pids = process_tree(service.process.pid)
     latencies, recalls, failures = [], [], 0
-    cpu_before = cpu_seconds(pids)
+    cpu_before = service.cpu_seconds()
     for body, expected in zip(bodies, exact, strict=True):
         began = time.perf_counter()
         response = service.client.post("/recommend", json=body)
@@ -189,7 +220,7 @@ def series(service: Service, exact: list[list[str]]) -> dict[str, Any]:
             continue
         found = {item["item_id"] for item in answer["items"]}
         recalls.append(len(found & set(expected)) / K)
-    cpu = cpu_seconds(pids) - cpu_before
+    cpu = service.cpu_seconds() - cpu_before
     return {
         "requests": len(bodies),
         **percentiles(latencies),
@@ -308,7 +339,7 @@ def measure(args: argparse.Namespace, model: LoadedModel, work: Path, results: d
     sizes = {path.name: path.stat().st_size for path in work.glob("store.db*")}
     results["sqlite"] = {"files": sizes, "bytes_per_work": sum(sizes.values()) / args.items}
     print("... exact answers in process", flush=True)
-    exact = exact_answers(model, embeddings, baskets)
+    exact, queries = exact_answers(model, embeddings, baskets)
     del embeddings
     default_ef = args.ef_search[0]
     with environment(CURATORNET_INDEX_KIND="hnsw", CURATORNET_INFERENCE_THREADS="1"):
@@ -318,6 +349,10 @@ def measure(args: argparse.Namespace, model: LoadedModel, work: Path, results: d
         )
         snapshot = database.with_name(database.name + ".index")
         results["snapshot_bytes_per_work"] = snapshot.stat().st_size / args.items
+        print("... the HNSW search alone, in process", flush=True)
+        results["search_in_process"] = search_times(
+            database, model, queries, baskets, args.ef_search
+        )
         results["with_snapshot"] = []
         for ef in args.ef_search:
             print(f"... service from the snapshot, efSearch {ef}", flush=True)
@@ -403,6 +438,16 @@ def print_summary(results: dict[str, Any]) -> None:
     header = (
         f"{'start':<9} {'w':>2} {'ef':>4} {'replayed':>8} {'ready s':>8} {'RSS MiB/worker':>15} "
         f"{'peak MiB':>9} {'recall@20':>9} {'p50 ms':>7} {'p95 ms':>7} {'CPU ms/req':>10}"
+    )
+    searched = results["search_in_process"]
+    print(
+        f"snapshot loaded in process in {searched['snapshot_load_s']:.1f} s; HNSW search alone, "
+        "one thread, p50/p95 ms: "
+        + ", ".join(
+            f"efSearch {name.rsplit('_', 1)[1]} {f['p50_ms']:.2f}/{f['p95_ms']:.2f}"
+            for name, f in searched.items()
+            if name.startswith("ef_search_")
+        )
     )
     print(header)
     nan = float("nan")

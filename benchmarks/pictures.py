@@ -27,8 +27,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import redis
+from durability import free_port
 from images import jpeg_paintings
-from serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -31,7 +31,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+import redis
+from durability import free_port, redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
 # Serving from feature vectors (the image path is benchmarks/images.py): the 2048-d model.
@@ -64,12 +65,6 @@ REBUILD_LOG = re.compile(
 )
 STARTED_LOG = "Application startup complete."  # uvicorn's, once per worker process
 REBUILD_METRIC = re.compile(r"^curatornet_index_rebuild_seconds (\S+)$", re.MULTILINE)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def item_id(row: int) -> str:
@@ -127,6 +122,24 @@ def rss_mib(pids: list[int]) -> float:
             if line.startswith("VmRSS:"):
                 total_kib += int(line.split()[1])
     return total_kib / 1024
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+IDLE_S = 2.0  # how long an idle service is watched for CPU it should not spend
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have spent so far, all their threads included (fields
+    14 and 15 of /proc/PID/stat): a figure that stays put on a shared machine where
+    latency and req/s move with the neighbours' load."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLOCK_TICKS
 
 
 class Service:
@@ -201,6 +214,16 @@ class Service:
 
     def rss_mib(self) -> float:
         return rss_mib(process_tree(self.process.pid))
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(process_tree(self.process.pid))
+
+    def idle_cpu_share(self) -> float:
+        """Cores the service keeps busy while no request arrives (threads spinning between
+        requests show here): 0 is right."""
+        before = self.cpu_seconds()
+        time.sleep(IDLE_S)
+        return (self.cpu_seconds() - before) / IDLE_S
 
     def index_size(self) -> int:
         return int(self.client.get("/readyz").json()["index_size"])
@@ -309,6 +332,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     fallbacks: int = 0  # answered, but not personalized: the history was not found
+    server_cpu_s: float | None = None  # the service's CPU over the measured requests
 
     def add(self, seconds: float, response: httpx.Response | None) -> None:
         self.latencies.append(seconds)
@@ -318,9 +342,12 @@ class Tally:
             self.fallbacks += 1
 
     def summary(self) -> dict[str, Any]:
+        requests = len(self.latencies)
+        cpu = self.server_cpu_s
         return {
-            "requests": len(self.latencies),
+            "requests": requests,
             **percentiles(self.latencies),
+            "server_cpu_ms_per_request": None if cpu is None else cpu / requests * 1000,
             "errors": self.errors,
             "fallbacks": self.fallbacks,
         }
@@ -331,7 +358,7 @@ def recommend_body(rng: random.Random, n_users: int) -> dict[str, Any]:
 
 
 def drive_with_wrk(
-    url: str, n_users: int, concurrency: int, warmup_s: float, duration_s: float
+    service: Service, n_users: int, concurrency: int, warmup_s: float, duration_s: float
 ) -> dict[str, Any] | None:
     """The same load from wrk (C, one thread per core's worth of connections), when installed.
 
@@ -343,13 +370,14 @@ def drive_with_wrk(
         return None
     env = {**os.environ, "BENCH_USERS": str(n_users), "BENCH_K": str(K)}
     script = str(ROOT / "benchmarks" / "recommend.lua")
-    command = [wrk, "-t1", f"-c{concurrency}", "-s", script, url]
+    command = [wrk, "-t1", f"-c{concurrency}", "-s", script, service.url]
     subprocess.run(
         [*command[:1], f"-d{max(1, round(warmup_s))}s", *command[1:]],
         env=env,
         capture_output=True,
         check=True,
     )
+    cpu_before = service.cpu_seconds()
     done = subprocess.run(
         [*command[:1], f"-d{round(duration_s)}s", *command[1:]],
         env=env,
@@ -357,6 +385,7 @@ def drive_with_wrk(
         text=True,
         check=True,
     )
+    server_cpu_s = service.cpu_seconds() - cpu_before
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     seconds = figures["duration_us"] / 1e6
     return {
@@ -364,17 +393,23 @@ def drive_with_wrk(
         "requests": figures["requests"],
         "requests_per_s": figures["requests"] / seconds,
         **{f"{p}_ms": figures[f"{p}_us"] / 1000 for p in ("p50", "p95", "p99", "max")},
+        "server_cpu_ms_per_request": server_cpu_s / figures["requests"] * 1000,
         "errors": figures["socket_errors"] + figures["status_errors"],
     }
 
 
 async def drive_recommend(
-    url: str, n_users: int, concurrency: int, warmup_s: float, duration_s: float, seed: int
+    service: Service,
+    n_users: int,
+    concurrency: int,
+    warmup_s: float,
+    duration_s: float,
+    seed: int,
 ) -> dict[str, Any]:
     """`concurrency` tasks, each sending its next request when the last one is answered."""
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=service.url, timeout=60, limits=limits) as client:
 
         async def loop(deadline: float, tally: Tally) -> None:
             while time.perf_counter() < deadline:
@@ -388,7 +423,9 @@ async def drive_recommend(
 
         async def phase(seconds: float) -> tuple[Tally, float]:
             tally, began = Tally(), time.perf_counter()
+            cpu_before = service.cpu_seconds()
             await asyncio.gather(*(loop(began + seconds, tally) for _ in range(concurrency)))
+            tally.server_cpu_s = service.cpu_seconds() - cpu_before
             return tally, time.perf_counter() - began
 
         await phase(warmup_s)
@@ -404,7 +441,10 @@ async def drive_recommend(
 def one_at_a_time(service: Service, n_users: int, count: int, seed: int) -> dict[str, Any]:
     """Sequential requests on one keep-alive connection: latency without queueing."""
     rng, tally = random.Random(seed), Tally()
+    cpu_before = 0.0
     for n in range(WARM_REQUESTS + count):
+        if n == WARM_REQUESTS:
+            cpu_before = service.cpu_seconds()
         body = recommend_body(rng, n_users)
         began = time.perf_counter()
         try:
@@ -413,6 +453,7 @@ def one_at_a_time(service: Service, n_users: int, count: int, seed: int) -> dict
             response = None
         if n >= WARM_REQUESTS:
             tally.add(time.perf_counter() - began, response)
+    tally.server_cpu_s = service.cpu_seconds() - cpu_before
     return tally.summary()
 
 
@@ -570,7 +611,7 @@ def bench_size(
             run["rss_mib_per_10k_items"] = extra / (n_items / 10_000)
             run["recommend"] = asyncio.run(
                 drive_recommend(
-                    service.url,
+                    service,
                     args.users,
                     args.concurrency,
                     args.warmup,
@@ -579,9 +620,10 @@ def bench_size(
                 )
             )
             run["recommend_wrk"] = drive_with_wrk(
-                service.url, args.users, args.concurrency, args.warmup, args.duration
+                service, args.users, args.concurrency, args.warmup, args.duration
             )
             run["one_at_a_time"] = one_at_a_time(service, args.users, args.requests, args.seed)
+            run["idle_cpu_cores"] = service.idle_cpu_share()
             run["rss_mib_after_serving"] = service.rss_mib()
             run["errors_logged"] = service.errors_logged()
         runs.append(run)
@@ -597,6 +639,7 @@ def bench_size(
             again = one_at_a_time(service, args.users, args.requests, args.seed)
         compared["model_one_at_a_time_again"] = again
         compared["model_p50_over_compared_p50"] = again["p50_ms"] / other["p50_ms"]
+    on_redis = on_a_redis_server(n_items, baskets, args, work) if args.redis else None
     print(f"... N={n_items}: the naive way (Keras + numpy, in process)", flush=True)
     naive_result = naive.benchmark(n_items, baskets, args.requests, args.seed)
     for run in runs:
@@ -613,7 +656,51 @@ def bench_size(
         **loading,
         "runs": runs,
         "compared": compared,
+        "redis": on_redis,
         "naive": naive_result,
+    }
+
+
+def redis_counters(url: str) -> tuple[float, int]:
+    """The Redis server's own CPU seconds (user + system, all its threads) and the commands
+    it has run so far: read before and after a series, they give its cost per request."""
+    client = redis.Redis.from_url(url)
+    cpu = client.info("cpu")
+    commands = client.info("commandstats")
+    client.close()
+    calls = sum(int(stats["calls"]) for stats in commands.values())
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), calls
+
+
+def on_a_redis_server(
+    n_items: int, baskets: list[np.ndarray], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """The same catalogue and purchases on a real redis-server (append-only file, fsync every
+    second: the compose file's), then one request at a time: what each recommendation costs
+    the service, and what it costs Redis (its commands and its CPU), which says how many
+    replicas one Redis can serve."""
+    print(f"... N={n_items}: 1 worker on Redis, one at a time", flush=True)
+    directory = work / f"redis-{n_items}"
+    directory.mkdir()
+    with redis_server(directory, "everysec") as url:
+        with Service(url, 1, work / f"redis-load-{n_items}.log", args.model_dir) as service:
+            ingest(service, n_items, args.seed)
+            asyncio.run(record_purchases(service.url, baskets, args.concurrency))
+        used = redis.Redis.from_url(url).info("memory")["used_memory"]
+        with Service(url, 1, work / f"redis-{n_items}.log", args.model_dir) as service:
+            one_at_a_time(service, args.users, WARM_REQUESTS, args.seed + 1)
+            cpu_before, calls_before = redis_counters(url)
+            series = one_at_a_time(service, args.users, args.requests, args.seed)
+            cpu_after, calls_after = redis_counters(url)
+            errors = service.errors_logged()
+    requests = series["requests"] + WARM_REQUESTS  # one_at_a_time's warm-up reaches Redis too
+    return {
+        "one_at_a_time": series,
+        "redis_commands_per_request": (calls_after - calls_before - 2) / requests,
+        "redis_cpu_ms_per_request": (cpu_after - cpu_before) / requests * 1000,
+        "redis_used_memory_mib": used / 2**20,
+        "redis_bytes_per_item": used / n_items,
+        "errors_logged": errors,
     }
 
 
@@ -627,7 +714,8 @@ def print_table(results: dict[str, Any]) -> None:
     )
     header = (
         f"{'N':>7} {'w':>2} {'ready s':>8} {'rebuild s':>10} {'RSS MiB':>8} {'MiB/10K':>8} "
-        f"{'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'err':>4} {'1-by-1 p50':>10}"
+        f"{'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'CPU ms':>7} {'err':>4} "
+        f"{'1-by-1 p50':>10} {'CPU ms':>7} {'idle':>5}"
     )
     for size in results["sizes"]:
         ingest_ = size["ingest"]
@@ -651,14 +739,18 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{run['rss_mib']:>8.0f} {run['rss_mib_per_10k_items']:>8.1f} "
                 f"{recommend['requests_per_s']:>7.0f} {recommend['p50_ms']:>7.1f} "
                 f"{recommend['p95_ms']:>7.1f} {recommend['p99_ms']:>7.1f} "
-                f"{recommend['errors']:>4} {run['one_at_a_time']['p50_ms']:>10.2f}"
+                f"{recommend['server_cpu_ms_per_request']:>7.2f} {recommend['errors']:>4} "
+                f"{run['one_at_a_time']['p50_ms']:>10.2f} "
+                f"{run['one_at_a_time']['server_cpu_ms_per_request']:>7.2f} "
+                f"{run['idle_cpu_cores']:>5.2f}"
             )
             if run["recommend_wrk"]:
                 wrk = run["recommend_wrk"]
                 print(
                     f"{'  (wrk)':>7} {run['workers']:>2} {'':>8} {'':>10} {'':>8} {'':>8} "
                     f"{wrk['requests_per_s']:>7.0f} {wrk['p50_ms']:>7.1f} {wrk['p95_ms']:>7.1f} "
-                    f"{wrk['p99_ms']:>7.1f} {wrk['errors']:>4}"
+                    f"{wrk['p99_ms']:>7.1f} {wrk['server_cpu_ms_per_request']:>7.2f} "
+                    f"{wrk['errors']:>4}"
                 )
         if size.get("compared"):
             compared = size["compared"]
@@ -667,6 +759,16 @@ def print_table(results: dict[str, Any]) -> None:
                 f"1 worker one-by-one p50: {again['p50_ms']:.2f} ms "
                 f"with the model, {compared['one_at_a_time']['p50_ms']:.2f} ms with "
                 f"{compared['model_dir']} (ratio {compared['model_p50_over_compared_p50']:.2f})"
+            )
+        if size.get("redis"):
+            on_redis = size["redis"]
+            series = on_redis["one_at_a_time"]
+            print(
+                f"on Redis, 1 worker one-by-one: p50 {series['p50_ms']:.2f} ms, service CPU "
+                f"{series['server_cpu_ms_per_request']:.2f} ms; Redis ran "
+                f"{on_redis['redis_commands_per_request']:.1f} commands and "
+                f"{on_redis['redis_cpu_ms_per_request']:.3f} ms of CPU per request; it holds "
+                f"{on_redis['redis_bytes_per_item']:.0f} bytes per work"
             )
         for name, figures in size["naive"].items():
             ratios = ", ".join(
@@ -716,6 +818,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="another model (e.g. the paper architecture) to time one request at a time on the "
         "same catalogue, alternating with --model-dir in the same run",
     )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="also serve each catalogue from a real redis-server (needs redis-server installed) "
+        "and measure what a recommendation costs Redis",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: --sizes 2000 --duration 3")
     args = parser.parse_args(argv)
     if args.quick:
@@ -747,6 +855,11 @@ def main(argv: list[str] | None = None) -> int:
             " sharing the machine's CPUs; 'recommend' runs at --concurrency requests in flight,"
             " 'one_at_a_time' sends each request after the last is answered.",
             "The service runs at log level info (its default), uvicorn's access log included.",
+            "server_cpu_ms_per_request: user + system CPU of the service's whole process tree"
+            " (every thread, from /proc/PID/stat) over the measured requests, divided by their"
+            " number; idle_cpu_cores: the same over 2 s with no request, in cores (0: nothing"
+            " spins between requests). CPU figures stay put where latency and req/s move with"
+            " the machine's other load.",
             "Ingestion times only the POST /items requests, not building their JSON.",
             "rss_mib sums VmRSS over the service's process tree, idle after start-up;"
             " rss_mib_per_10k_items subtracts the same service started on an empty store.",

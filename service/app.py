@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from threadpoolctl import threadpool_limits
 
 from service.api import admin, health, items, purchases, recommend, storefront, users
 from service.config import Settings
@@ -63,8 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # service's own lines (the index rebuild, sync errors) vanish when workers > 1.
         logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
         # Scale with worker processes, not threads: idle OpenMP and ONNX Runtime threads spin,
-        # and several workers' spinning threads would take the cores from each other.
+        # and several workers' spinning threads would take the cores from each other. This
+        # reaches only this thread; the index sets it again on whichever thread searches.
         faiss.omp_set_num_threads(settings.inference_threads)
+        # numpy's BLAS (the exact search's matrix product) keeps a pool of its own, global.
+        threadpool_limits(settings.inference_threads, user_api="blas")
         if settings.api_key is None and not settings.loopback_only:
             log.warning(
                 "serving %s without an API key (CURATORNET_ALLOW_ANONYMOUS): anyone who can "
@@ -76,7 +80,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             catalogue = CatalogueIndex(
                 store,
                 lambda dim: ItemIndex(
-                    dim, settings.index_kind, settings.hnsw_m, settings.hnsw_ef_search
+                    dim,
+                    settings.index_kind,
+                    settings.hnsw_m,
+                    settings.hnsw_ef_search,
+                    settings.inference_threads,
                 ),
                 IndexSnapshots.for_store(settings, store),
             )

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     )
     explain_items: int = Field(3, ge=1, le=20, description="history items per explanation")
     inference_threads: int = Field(
-        1, ge=1, le=64, description="ONNX Runtime and FAISS threads per worker process"
+        1, ge=1, le=64, description="ONNX Runtime, FAISS and BLAS threads per worker process"
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import faiss
 import numpy as np
@@ -58,11 +58,17 @@ class ItemIndex:
     """The works for sale, searchable by inner product; thread-safe."""
 
     def __init__(
-        self, dim: int, kind: str = "flat", hnsw_m: int = 32, hnsw_ef_search: int = 128
+        self,
+        dim: int,
+        kind: str = "flat",
+        hnsw_m: int = 32,
+        hnsw_ef_search: int = 128,
+        threads: int = 1,
     ) -> None:
+        """`threads`: OpenMP threads per search (and per HNSW insertion)."""
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
-        self.dim, self.kind = dim, kind
+        self.dim, self.kind, self.threads = dim, kind, threads
         self.hnsw_m, self.hnsw_ef_search = hnsw_m, hnsw_ef_search
         self._lock = threading.RLock()
         self._faiss = self._new_faiss()
@@ -146,6 +152,7 @@ class ItemIndex:
         keys = np.asarray(keys, np.int64).reshape(-1)
         if len(keys) and keys.min() < 0:
             raise ValueError("store keys are never negative")
+        faiss.omp_set_num_threads(self.threads)  # see _search
         with self._lock:
             self.remove(keys)
             first, count = self._slots, len(item_ids)
@@ -221,6 +228,7 @@ class ItemIndex:
         vectors = self._faiss.reconstruct_batch(live) if len(live) else None
         self._faiss = self._new_faiss()
         if vectors is not None:
+            faiss.omp_set_num_threads(self.threads)  # see _search
             self._faiss.add(vectors)
         count = len(live)
         self._keys = self._keys[live]
@@ -336,6 +344,13 @@ class ItemIndex:
     def _search(
         self, query: np.ndarray, k: int, selector: faiss.IDSelector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        # OpenMP's thread count is a setting of the calling thread, and searches run on
+        # whichever thread of the server's pool takes the request: set in the lifespan only,
+        # it never reached them, and each search woke a pool of one thread per core whose
+        # threads then spun between requests (three times the CPU of the search itself).
+        faiss.omp_set_num_threads(self.threads)
+        if self.kind == "flat" and selector is None:
+            return self._exact(query, k)
         # faiss's stubs lack SearchParametersHNSW and the keyword arguments its Python wrapper
         # takes; both are documented and used as the library's own tests use them.
         if self.kind == "hnsw":
@@ -345,6 +360,24 @@ class ItemIndex:
         else:
             params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
         return self._faiss.search(query, k, params=params)
+
+    def _exact(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The flat index's unfiltered search, [1, k] best scores over the Q queries and their
+        slots: one matrix product over the vectors FAISS stores (read in place), then one
+        partial sort. IndexFlatIP.search scans the catalogue once per query with a heap per
+        query; for the few queries of one customer that took 1.4 to 1.7 times the CPU of this
+        (4 x 65-d queries over 13,297 works, one thread: 0.64 ms against 0.46 ms)."""
+        flat = cast(faiss.IndexFlat, self._faiss)
+        count = flat.ntotal
+        vectors = faiss.rev_swig_ptr(flat.get_xb(), count * self.dim).reshape(count, self.dim)
+        # [N, Q] in the order BLAS computes fastest, then each work's best query, a column at
+        # a time (numpy's max along the short axis took three times the product itself).
+        scores = vectors @ query.T
+        best = scores[:, 0].copy()
+        for column in range(1, scores.shape[1]):
+            np.maximum(best, scores[:, column], out=best)
+        top = np.argpartition(-best, k - 1)[:k] if k < count else np.arange(count)
+        return best[top][None], top[None]  # FAISS's ids are the slots
 
     def write(self, stream: Writable) -> None:
         """Everything the index holds, to `stream`: the slot tables, then FAISS's own format."""
@@ -364,12 +397,12 @@ class ItemIndex:
             faiss.write_index(self._faiss, writer)
 
     @classmethod
-    def read(
-        cls, stream: Readable, dim: int, kind: str, hnsw_m: int, hnsw_ef_search: int
-    ) -> ItemIndex:
-        """An index as `write` wrote it, searched with `hnsw_ef_search` (a search setting,
-        free to differ from the writer's); SnapshotMismatch when it is not of this shape."""
-        index = cls(dim, kind, hnsw_m, hnsw_ef_search)
+    def read(cls, stream: Readable, like: ItemIndex) -> ItemIndex:
+        """An index as `write` wrote it, of the shape `like` has and searched as it is
+        (efSearch and threads are search settings, free to differ from the writer's);
+        SnapshotMismatch when it is not of that shape."""
+        dim, kind, hnsw_m = like.dim, like.kind, like.hnsw_m
+        index = cls(dim, kind, hnsw_m, like.hnsw_ef_search, like.threads)
 
         def array(dtype: type[np.generic]) -> np.ndarray:
             read = np.lib.format.read_array(stream, allow_pickle=False)
@@ -387,7 +420,7 @@ class ItemIndex:
         n = len(keys)
         if isinstance(stored, faiss.IndexHNSWFlat) and kind == "hnsw":
             degree = stored.hnsw.nb_neighbors(1)  # type: ignore[attr-defined]
-            stored.hnsw.efSearch = hnsw_ef_search
+            stored.hnsw.efSearch = like.hnsw_ef_search
         elif isinstance(stored, faiss.IndexFlatIP) and kind == "flat":
             degree = hnsw_m
         else:

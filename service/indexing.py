@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Artworks embedded per call when a model recomputes what another model stored.
 EMBED_BATCH = 2048
+# Changes read from the log per call.
+CHANGES_BATCH = 10_000
 # Artworks read from the store per page while building an index: what a build holds beside
 # the index itself (about 30 MB of row objects), however large the catalogue.
 CATALOGUE_PAGE = 50_000
@@ -110,13 +112,13 @@ class CatalogueIndex:
             embedded = 0
         else:
             candidate, cursor, embedded = self._built(model)
-            cursor, replayed = self._catch_up(candidate, cursor)
+            cursor, replayed = self._replay(candidate, cursor)
             saved = None
         if self._snapshots is not None and (saved is None or replayed >= RESAVE_AFTER_CHANGES):
             written = self._snapshots.save(candidate.index, model.version, cursor)
             saved = cursor if written else saved
         with self._follow_lock:
-            cursor, late = self._catch_up(candidate, cursor)
+            cursor, late = self._replay(candidate, cursor)
             self._serving, self._cursor, self._saved_cursor = candidate, cursor, saved
         return IndexBuild(
             model.version,
@@ -139,7 +141,7 @@ class CatalogueIndex:
                 self._new_index(model.embedding_dim), model.version, self._store.change_cursor()
             )
             candidate = Serving(model, index)
-            cursor, replayed = self._catch_up(candidate, saved)
+            cursor, replayed = self._replay(candidate, saved)
         except (SnapshotRejected, ChangesLost) as why:
             # A warning when it should have been usable: damaged, ahead, or the log trimmed.
             usual = isinstance(why, SnapshotRejected) and why.usual
@@ -176,7 +178,7 @@ class CatalogueIndex:
             embedded += recomputed
             after = int(page.keys[-1])
 
-    def _catch_up(self, serving: Serving, cursor: str) -> tuple[str, int]:
+    def _replay(self, serving: Serving, cursor: str) -> tuple[str, int]:
         """Apply every change logged after `cursor` to `serving`'s index: the cursor reached
         and how many changes that was. Without the follower's lock only for an index no
         request sees yet, which nothing else changes."""
@@ -198,7 +200,7 @@ class CatalogueIndex:
         with self._follow_lock:
             serving = self.serving
             try:
-                self._cursor, _ = self._catch_up(serving, self._cursor)
+                self._cursor, _ = self._replay(serving, self._cursor)
             except Exception as error:  # an outage, or ChangesLost
                 log.warning("index snapshot not saved: cannot read the change log (%s)", error)
                 return
@@ -268,10 +270,27 @@ class CatalogueIndex:
             with self._follow_lock:
                 self._apply(serving, keys)
 
+    def catch_up(self, serving: Serving) -> bool:
+        """Apply what was logged since the last sync (up to one batch of changes), so that
+        `serving` holds exactly what the store has for sale now: True when it does.
+
+        Nothing logged since costs one read of the log's newest position. False when this
+        cannot be said: the log was trimmed past this process's cursor (the follower will
+        rebuild), more changes are waiting than one batch, or a roll-out replaced `serving`.
+        """
+        if self._store.change_cursor() != self._cursor:
+            try:
+                applied = self.follow_changes()
+            except ChangesLost:
+                return False
+            if applied >= CHANGES_BATCH:
+                return False
+        return serving is self._serving
+
     def follow_changes(self) -> int:
         """Apply every change logged since the last call (by any process); returns how many."""
         with self._follow_lock:
-            cursor, keys = self._store.changes_since(self._cursor)
+            cursor, keys = self._store.changes_since(self._cursor, CHANGES_BATCH)
             if keys:
                 self._apply(self.serving, keys)
             self._cursor = cursor

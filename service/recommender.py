@@ -1,9 +1,9 @@
 """Ranking: what to recommend to a customer or a visitor, which works are alike, why, and
 what to offer someone with no history yet.
 
-Every request reads one `Serving` snapshot (model and index together) and confirms each
-result with the store before it leaves, so a work sold through another process is never
-offered.
+Every request reads one `Serving` snapshot (model and index together) and brings its index
+level with the store's change log before searching, so a work sold through another process
+is never offered.
 """
 
 from __future__ import annotations
@@ -55,14 +55,19 @@ class Recommender:
     def __init__(self, store: Store, catalogue: CatalogueIndex, history_length: int) -> None:
         self._store, self._catalogue, self.history_length = store, catalogue, history_length
 
-    def purchased_by(self, user_id: str) -> list[str]:
-        """The ids a customer bought, oldest first: the history a recommendation starts from."""
-        return [purchase.item_id for purchase in self._store.history(user_id)]
-
-    def _embeddings(self, model: LoadedModel, item_ids: list[str]) -> dict[str, np.ndarray]:
-        """`model`'s embeddings of these items (deleted ones included), stored or recomputed."""
-        found = self._store.embeddings(item_ids, model.version)
-        missing = [i for i in dict.fromkeys(item_ids) if i not in found]
+    def _embeddings(
+        self,
+        model: LoadedModel,
+        item_ids: list[str],
+        found: dict[str, np.ndarray] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """`model`'s embeddings of these items (deleted ones included): those in `found` (read
+        already), then the stored ones, then recomputed from the stored features."""
+        found = dict(found or {})
+        wanted = [i for i in dict.fromkeys(item_ids) if i not in found]
+        if wanted:
+            found |= self._store.embeddings(wanted, model.version)
+        missing = [i for i in wanted if i not in found]
         if missing:
             features = self._store.features(missing)
             unknown = [i for i in missing if i not in features]
@@ -73,15 +78,26 @@ class Recommender:
         return found
 
     def _interests(
-        self, model: LoadedModel, history_ids: list[str]
+        self, model: LoadedModel, history_ids: list[str], found: dict[str, np.ndarray]
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """[K, E] the user tower over the last N history items' embeddings (K = 1 for a
         single-vector model), and those embeddings."""
         recent = history_ids[-self.history_length :]
-        stored = self._embeddings(model, recent)
+        stored = self._embeddings(model, recent, found)
         history = np.stack([stored[i] for i in recent])[None]
         interests = model.embed_users(history, np.ones(history.shape[:2], np.float32))[0]
         return interests, stored
+
+    def for_customer(
+        self, user_id: str, k: int, filters: Filters, explain: int = 0
+    ) -> Recommendations:
+        """`recommend` from what the customer bought, read with the embeddings of the last
+        `history_length` of it in one store read."""
+        serving = self._catalogue.serving
+        history_ids, found = self._store.purchases_and_embeddings(
+            user_id, self.history_length, serving.model.version
+        )
+        return self._recommend(serving, history_ids, found, k, filters, explain)
 
     def recommend(
         self,
@@ -90,12 +106,24 @@ class Recommender:
         filters: Filters,
         explain: int = 0,
     ) -> Recommendations:
+        """Top k for a history (item ids, oldest first); UnknownItemsError names ids the
+        store has never had."""
+        return self._recommend(self._catalogue.serving, history_ids, {}, k, filters, explain)
+
+    def _recommend(
+        self,
+        serving: Serving,
+        history_ids: list[str],
+        found: dict[str, np.ndarray],
+        k: int,
+        filters: Filters,
+        explain: int,
+    ) -> Recommendations:
         exclude = set(history_ids) if filters.exclude_purchased else set()
-        serving = self._catalogue.serving
         if not history_ids:
             fallback = self._fallback(serving, k, exclude, filters)
             return Recommendations(FALLBACK, fallback, 0, serving.model.version)
-        interests, history = self._interests(serving.model, history_ids)
+        interests, history = self._interests(serving.model, history_ids, found)
         hits = self._search_for_sale(
             serving, interests, k, exclude, filters.include_artists, filters.exclude_artists
         )
@@ -126,11 +154,19 @@ class Recommender:
         include_artists: set[str] | None = None,
         exclude_artists: set[str] | None = None,
     ) -> list[Hit]:
-        """Search, then confirm with the store that every hit is still for sale.
+        """Search among what is for sale now.
 
-        Another process may have sold or deleted a work in the last sync interval; such a hit
-        is refreshed from the store (which takes it out of this index) and the search rerun.
+        Other processes' sales and deletions reach this index through the change log every
+        sync interval; a request first applies any logged since (`catch_up`: one cheap read
+        when there are none, where confirming each hit with the store cost ten times that).
+        When the index cannot be brought level so (see `catch_up`), each hit is confirmed with
+        the store instead; a hit found sold is refreshed from the store (which takes it out of
+        this index) and the search rerun.
         """
+        if self._catalogue.catch_up(serving):
+            return serving.index.search(
+                queries, k, exclude, include_artists, exclude_artists or set()
+            )
         for _ in range(STALE_RETRIES):
             hits = serving.index.search(
                 queries, k, exclude, include_artists, exclude_artists or set()

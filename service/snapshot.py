@@ -178,9 +178,7 @@ class IndexSnapshots:
                         f"{store_cursor} (a store restored from an older copy?)"
                     )
                 body = _Checksummed(file)
-                index = ItemIndex.read(
-                    body, empty.dim, empty.kind, empty.hnsw_m, empty.hnsw_ef_search
-                )
+                index = ItemIndex.read(body, empty)
                 (expected,) = CHECKSUM.unpack(_exactly(file, CHECKSUM.size))
                 if body.crc != expected or file.read(1):
                     raise SnapshotRejected("it is corrupt (its checksum does not match)")

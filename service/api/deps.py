@@ -1,4 +1,8 @@
-"""Dependencies: the resources the lifespan created, and the API-key checks."""
+"""Dependencies: the resources the lifespan created, and the API-key checks.
+
+All `async def`, though none awaits: FastAPI runs a plain `def` dependency on its thread pool,
+and a hop there and back for each one cost more CPU than the model's user tower.
+"""
 
 from __future__ import annotations
 
@@ -17,37 +21,37 @@ from service.rollout import ModelRollouts
 from service.stores.base import Store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_catalogue(request: Request) -> CatalogueIndex:
+async def get_catalogue(request: Request) -> CatalogueIndex:
     return request.app.state.catalogue
 
 
-def get_serving(request: Request) -> Serving:
+async def get_serving(request: Request) -> Serving:
     """The model and index being served, read once: a request that uses both uses one pair
     even when a roll-out swaps them meanwhile."""
-    return get_catalogue(request).serving
+    return request.app.state.catalogue.serving
 
 
-def get_recommender(request: Request) -> Recommender:
+async def get_recommender(request: Request) -> Recommender:
     return request.app.state.recommender
 
 
-def get_rollouts(request: Request) -> ModelRollouts:
+async def get_rollouts(request: Request) -> ModelRollouts:
     return request.app.state.rollouts
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     return request.app.state.metrics
 
 
-def get_follower(request: Request) -> Follower:
+async def get_follower(request: Request) -> Follower:
     return request.app.state.follower
 
 
@@ -60,18 +64,22 @@ def _check(key: SecretStr, sent: str | None) -> None:
         raise HTTPException(403, "the X-API-Key header does not match the configured key")
 
 
-def require_api_key(
-    settings: Annotated[Settings, Depends(get_settings)],
-    x_api_key: Annotated[str | None, Header()] = None,
-) -> None:
+def check_api_key(settings: Settings, sent: str | None) -> None:
     """Writes, purchase histories and what reveals them (personal data) need the configured
     key; with none configured the service is open (local use: Settings refuses it beyond
     loopback)."""
     if settings.api_key is not None:
-        _check(settings.api_key, x_api_key)
+        _check(settings.api_key, sent)
 
 
-def require_admin_key(
+async def require_api_key(
+    settings: Annotated[Settings, Depends(get_settings)],
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    check_api_key(settings, x_api_key)
+
+
+async def require_admin_key(
     settings: Annotated[Settings, Depends(get_settings)],
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> None:

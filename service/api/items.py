@@ -33,7 +33,14 @@ from service.api.deps import (
     StoreDep,
 )
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
-from service.api.schemas import Identifier, RecommendedItem, errors, invalid
+from service.api.schemas import (
+    Identifier,
+    RecommendedItem,
+    errors,
+    invalid,
+    json_response,
+    recommended,
+)
 from service.ingest import Upload, UploadRefused, ingest
 from service.pictures import (
     CACHE_CONTROL,
@@ -395,13 +402,13 @@ def delete_item(item_id: Annotated[str, Path()], catalogue: CatalogueDep) -> Del
 
 
 @router.get("/items/{item_id}/similar", response_model=SimilarOut, responses=errors(404, 503))
-def similar_items(
+async def similar_items(  # on the event loop, as /recommend (see there)
     item_id: Annotated[str, Path()],
     recommender: RecommenderDep,
     settings: SettingsDep,
     k: Annotated[int, Query(ge=1)] = 20,
-) -> SimilarOut:
+) -> Response:
     if k > settings.max_k:
         raise invalid(("query", "k"), f"k must be at most {settings.max_k}, got {k}")
     hits = recommender.similar(item_id, k)
-    return SimilarOut(item_id=item_id, items=[RecommendedItem.of(h) for h in hits])
+    return json_response({"item_id": item_id, "items": [recommended(h) for h in hits]})

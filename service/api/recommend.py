@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.api.deps import RecommenderDep, SettingsDep, require_api_key
-from service.api.schemas import Identifier, RecommendedItem, errors, invalid
+from service.api.deps import RecommenderDep, SettingsDep, check_api_key
+from service.api.schemas import (
+    Identifier,
+    RecommendedItem,
+    errors,
+    invalid,
+    json_response,
+    recommended,
+)
 from service.recommender import FALLBACK, PERSONALIZED, Filters
 from service.stores.base import UnknownItemsError
 
@@ -46,40 +53,43 @@ class RecommendOut(BaseModel):
 @router.post(
     "/recommend", response_model=RecommendOut, responses=errors(400, 401, 403, 404, 413, 503)
 )
-def recommend(
+# `async def` though it blocks: a recommendation takes a few tenths of a millisecond of CPU, and
+# the hop to FastAPI's thread pool and back took as much again. A worker answers one at a time
+# either way (its model and index run on one thread, CURATORNET_INFERENCE_THREADS); throughput
+# comes from worker processes.
+async def recommend(
     request: RecommendIn,
     recommender: RecommenderDep,
     settings: SettingsDep,
     x_api_key: Annotated[str | None, Header()] = None,
-) -> RecommendOut:
+) -> Response:
     """A customer's recommendations (by `user_id`) need the API key when one is configured, as
     their purchase history does: `explain` names their purchases, and comparing answers with
     and without `exclude_purchased` lists them. A visitor's (by `history`) are open."""
     if request.user_id is not None:
-        require_api_key(settings, x_api_key)
+        check_api_key(settings, x_api_key)
     if request.k > settings.max_k:
         raise invalid(("body", "k"), f"k must be at most {settings.max_k}, got {request.k}")
-    if request.user_id is not None:
-        history = recommender.purchased_by(request.user_id)
-    else:
-        history = list(request.history or [])
     filters = Filters(
         exclude_purchased=request.exclude_purchased,
         include_artists=None if request.include_artists is None else set(request.include_artists),
         exclude_artists=set(request.exclude_artists),
     )
-    try:
-        result = recommender.recommend(
-            history, request.k, filters, settings.explain_items if request.explain else 0
-        )
-    except UnknownItemsError as error:
-        if request.user_id is not None:
-            raise  # a stored history naming a vanished item is not the caller's mistake
-        raise invalid(("body", "history"), f"unknown item id(s): {error.item_ids}") from None
-    return RecommendOut(
-        strategy=result.strategy,
-        user_id=request.user_id,
-        model_version=result.model_version,
-        history_used=result.history_used,
-        items=[RecommendedItem.of(r) for r in result.items],
+    explain = settings.explain_items if request.explain else 0
+    if request.user_id is not None:
+        # A stored history naming a vanished item is not the caller's mistake: no 422 here.
+        result = recommender.for_customer(request.user_id, request.k, filters, explain)
+    else:
+        try:
+            result = recommender.recommend(list(request.history or []), request.k, filters, explain)
+        except UnknownItemsError as error:
+            raise invalid(("body", "history"), f"unknown item id(s): {error.item_ids}") from None
+    return json_response(
+        {
+            "strategy": result.strategy,
+            "user_id": request.user_id,
+            "model_version": result.model_version,
+            "history_used": result.history_used,
+            "items": [recommended(r) for r in result.items],
+        }
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
+from fastapi import Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, StringConstraints
 
@@ -24,17 +26,26 @@ class RecommendedItem(BaseModel):
     score: float | None = None
     because: list[Contribution] | None = None
 
-    @classmethod
-    def of(cls, recommendation: Recommendation) -> RecommendedItem:
-        because = recommendation.because
-        return cls(
-            item_id=recommendation.item_id,
-            artist_id=recommendation.artist_id,
-            score=recommendation.score,
-            because=None
-            if because is None
-            else [Contribution(item_id=i, score=s) for i, s in because],
-        )
+
+def recommended(recommendation: Recommendation) -> dict[str, Any]:
+    """One result as RecommendedItem describes it, for `json_response`."""
+    because = recommendation.because
+    return {
+        "item_id": recommendation.item_id,
+        "artist_id": recommendation.artist_id,
+        "score": recommendation.score,
+        "because": None
+        if because is None
+        else [{"item_id": item_id, "score": score} for item_id, score in because],
+    }
+
+
+def json_response(content: dict[str, Any]) -> Response:
+    """A response serialised once, straight from plain data. Returned as a model, FastAPI would
+    validate it all over again against the route's response_model (which still documents it
+    in OpenAPI, and which the schema-driven tests hold every response to) before serialising:
+    for twenty recommendations that took 150 us of CPU, against 11 us for this."""
+    return Response(orjson.dumps(content), media_type="application/json")
 
 
 class ErrorOut(BaseModel):

@@ -260,6 +260,13 @@ class Store(Protocol):
     def history(self, user_id: str, limit: int | None = None) -> list[Purchase]:
         """The user's purchases, oldest first; the last `limit` of them when given."""
 
+    def purchases_and_embeddings(
+        self, user_id: str, recent: int, model_version: str
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        """What a customer's recommendation starts from, in one read: the ids of everything
+        they bought, oldest first, and the stored embeddings `model_version` computed of the
+        last `recent` of them (as `embeddings` gives them: another model's are left out)."""
+
     def customers(self, limit: int) -> list[str]:
         """Ids of up to `limit` customers with purchases, by id: a few to show, cheap at any
         number of customers (which ones is not a ranking)."""

@@ -388,6 +388,26 @@ class SQLiteStore(Store):
         )
         return [Purchase(item_id, timestamp) for item_id, timestamp in reversed(rows)]
 
+    def purchases_and_embeddings(
+        self, user_id: str, recent: int, model_version: str
+    ) -> tuple[list[str], dict[str, np.ndarray]]:
+        # One statement, so no write can come between the history and the embeddings.
+        rows = self._read(
+            "SELECT p.item_id, i.embedding, i.model_version FROM ("
+            "  SELECT item_id, timestamp, seq, "
+            "    ROW_NUMBER() OVER (ORDER BY timestamp DESC, seq DESC) AS age"
+            "  FROM purchases WHERE user_id = ?"
+            ") AS p LEFT JOIN items AS i ON i.id = p.item_id AND p.age <= ? "
+            "ORDER BY p.timestamp, p.seq",
+            (user_id, recent),
+        )
+        embeddings = {
+            item_id: as_vector(blob)
+            for item_id, blob, version in rows
+            if blob is not None and version == model_version
+        }
+        return [row[0] for row in rows], embeddings
+
     def customers(self, limit: int) -> list[str]:
         # purchases_by_user is ordered by user_id: DISTINCT walks it and stops after `limit`.
         rows = self._read(

@@ -62,6 +62,33 @@ def test_a_follower_behind_the_trimmed_stream_rebuilds(
             state.follower.stop()
 
 
+def test_a_process_behind_the_trimmed_stream_never_offers_a_sold_work(redis_server: str) -> None:
+    """A process that cannot catch up with the change log before searching (here: trimmed
+    past its cursor) confirms each hit with the store instead. Its follower is stopped, so
+    that confirmation alone stands between the work sold through the other process and the
+    answer."""
+    url = f"{redis_server}/60"
+    redis.Redis.from_url(url).flushdb()
+    with running(url) as writer, running(url) as reader:
+        post_items(writer, [random_item(f"w{n}", seed=n) for n in range(10)])
+        assert eventually(lambda: reader.get("/readyz").json()["index_size"] == 10)
+        reader.app.state.follower.stop()
+
+        def offered() -> list[str]:
+            answer = reader.post("/recommend", json={"history": ["w0"], "k": 9})
+            assert answer.status_code == 200, answer.text
+            return [item["item_id"] for item in answer.json()["items"]]
+
+        first = offered()[0]
+        sale = writer.post("/purchases", json={"user_id": "u", "item_ids": [first]})
+        assert sale.status_code == 201
+        redis.Redis.from_url(url).xtrim(f"{PREFIX}changes", maxlen=0)
+        assert reader.app.state.catalogue.catch_up(reader.app.state.catalogue.serving) is False
+        now = offered()
+        assert first not in now
+        assert len(now) == 8  # the other eight works, none lost with the stale one
+
+
 def test_readyz_reports_a_failing_follower(redis_server: str) -> None:
     """A change no follower can apply (an embedding of 3 bytes) makes every process's
     follower fail each tick: /readyz says so until the record is mended."""

@@ -129,6 +129,31 @@ def test_history_is_in_time_order_and_limited_to_the_latest(store: Store) -> Non
     assert store.history("nobody") == []
 
 
+def test_purchases_come_with_the_embeddings_of_the_latest(store: Store) -> None:
+    """The read a recommendation starts from: the whole history in order, the embeddings of
+    its last `recent` works only, a deleted work's included, another model's left out."""
+    store.upsert_items([new_item(i, stock=5, edition=5, seed=n) for n, i in enumerate("abcd")])
+    d = store.get_items(["d"])["d"]
+    assert store.set_embeddings([(d.key, d.updated_at, np.ones(E, np.float32))], "m2") == 1
+    store.record_purchase("u", ["b"], 20.0)
+    store.record_purchase("u", ["a", "c"], 10.0)
+    store.record_purchase("u", ["d"], 30.0)
+    store.record_purchase("other", ["a"], 5.0)
+    store.delete_item("c")
+
+    ids, embeddings = store.purchases_and_embeddings("u", 3, "m1")
+    assert ids == ["a", "c", "b", "d"]
+    assert set(embeddings) == {"c", "b"}  # "a" is older than the last three, "d" is m2's
+    for n, item_id in enumerate("abc"):
+        if item_id in embeddings:
+            np.testing.assert_array_equal(embeddings[item_id], new_item(item_id, seed=n).embedding)
+
+    assert store.purchases_and_embeddings("u", 100, "m1")[1].keys() == {"a", "b", "c"}
+    np.testing.assert_array_equal(store.purchases_and_embeddings("u", 1, "m2")[1]["d"], np.ones(E))
+    assert store.purchases_and_embeddings("u", 0, "m1") == (["a", "c", "b", "d"], {})
+    assert store.purchases_and_embeddings("nobody", 3, "m1") == ([], {})
+
+
 def test_best_sellers_and_newest_only_offer_items_for_sale(store: Store) -> None:
     store.upsert_items([new_item("old", stock=3, edition=3)])
     store.upsert_items([new_item("mid", stock=3, edition=3)])
