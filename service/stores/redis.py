@@ -43,6 +43,9 @@ from service.stores.base import (
     UpsertResult,
     as_blob,
     as_vector,
+    feature_count,
+    features_blob,
+    features_vector,
     replay,
 )
 
@@ -355,7 +358,7 @@ def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
         key=int(fields[b"key"]),
         id=fields[b"id"].decode(),
         artist_id=fields[b"artist_id"].decode(),
-        features=as_vector(fields[b"features"]),
+        features=features_vector(fields[b"features"]),
         embedding=as_vector(fields[b"embedding"]),
         edition_size=_count(edition) if edition else None,
         stock=_count(fields[b"stock"]),
@@ -422,7 +425,7 @@ class RedisStore(Store):
             args += [
                 item.id,
                 item.artist_id,
-                as_blob(item.features),
+                features_blob(item.features),
                 as_blob(item.embedding),
                 "" if item.edition_size is None else int(item.edition_size),
                 "" if item.stock is None else int(item.stock),
@@ -479,7 +482,7 @@ class RedisStore(Store):
 
     def features(self, item_ids: list[str]) -> dict[str, np.ndarray]:
         rows = self._fields(item_ids, "features")
-        return {item_id: as_vector(blob) for item_id, (blob,) in rows if blob is not None}
+        return {item_id: features_vector(blob) for item_id, (blob,) in rows if blob is not None}
 
     def set_embeddings(self, rows: list[tuple[int, float, np.ndarray]], model_version: str) -> int:
         written = 0
@@ -496,7 +499,8 @@ class RedisStore(Store):
         if key is None:
             return None
         item_id = self._redis.hget(KEYS, key)
-        return self._redis.hstrlen(_item_key(item_id.decode()), "features") // 4
+        blob = self._redis.hget(_item_key(item_id.decode()), "features")
+        return feature_count(blob, len(blob))
 
     def get_setting(self, name: str) -> str | None:
         value = self._redis.hget(SETTINGS, name)

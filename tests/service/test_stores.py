@@ -29,6 +29,11 @@ def new_item(
     )
 
 
+def as_stored(features: np.ndarray) -> np.ndarray:
+    """Features as a store gives them back: rounded to float16, the precision it keeps."""
+    return features.astype(np.float16).astype(np.float32)
+
+
 @pytest.fixture
 def store(store_url: str):
     opened = open_store(store_url)
@@ -48,7 +53,7 @@ def test_upsert_reports_created_and_updated_and_keeps_the_key(store: Store) -> N
     y = store.get_items(["y"])["y"]
     assert y.artist_id == "a2"
     assert y.metadata == {"title": "work y"}
-    np.testing.assert_array_equal(y.features, new_item("y", seed=5).features)
+    np.testing.assert_array_equal(y.features, as_stored(new_item("y", seed=5).features))
     np.testing.assert_array_equal(y.embedding, new_item("y", seed=5).embedding)
 
 
@@ -254,7 +259,7 @@ def test_embeddings_are_kept_per_model_and_features_for_any(store: Store) -> Non
     assert set(store.embeddings(["a", "b", "ghost"], "m1")) == {"a", "b"}
     assert store.embeddings(["a"], "m2") == {}
     features = store.features(["a", "b", "ghost"])
-    np.testing.assert_array_equal(features["b"], new_item("b", seed=1).features)
+    np.testing.assert_array_equal(features["b"], as_stored(new_item("b", seed=1).features))
     assert set(features) == {"a", "b"}
     assert store.feature_dim() == F
     store.delete_item("a")  # every work deleted: their features still fix the dimension
