@@ -101,7 +101,7 @@ class Upload:
     edition_size: int | None
     stock: int | None
     metadata: dict[str, Any]
-    features: list[float] | None = None
+    features: list[float] | np.ndarray | None = None
     features_b64: str | None = None
     image_b64: str | None = None
     image: bytes | None = None
