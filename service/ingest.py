@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from curatornet.image_encoder import preprocess
@@ -185,7 +186,8 @@ def prepare(uploads: list[Upload], model: LoadedModel, settings: Settings) -> Pr
                 vectors.append(n)
     if vectors:
         largest = settings.max_feature_magnitude
-        for row, position, message in _out_of_bounds(features[vectors], largest):
+        rows = features if len(vectors) == len(uploads) else features[vectors]
+        for row, position, message in _out_of_bounds(rows, largest):
             n = vectors[row]
             found[n] = Problem(n, (fields[n], position), message)
     seen: dict[str, int] = {}
@@ -211,14 +213,16 @@ def prepare(uploads: list[Upload], model: LoadedModel, settings: Settings) -> Pr
 def _out_of_bounds(vectors: np.ndarray, largest: float) -> list[tuple[int, int, str]]:
     """(row, position, why) for each row of `vectors` holding a value that is not finite or
     beyond ±`largest`, naming the first such value."""
-    finite = np.isfinite(vectors)
-    loud = np.abs(vectors) > largest  # False where not finite
+    # Row maxima and minima first (NaN fails both comparisons): no temporary the size of the
+    # batch unless a row is refused.
+    suspect = ~((vectors.max(axis=1) <= largest) & (vectors.min(axis=1) >= -largest))
     refused = []
-    for row in map(int, np.flatnonzero(~finite.all(axis=1) | loud.any(axis=1))):
-        if not finite[row].all():
-            refused.append((row, int(np.argmin(finite[row])), NOT_FINITE))
+    for row in map(int, np.flatnonzero(suspect)):
+        finite = np.isfinite(vectors[row])
+        if not finite.all():
+            refused.append((row, int(np.argmin(finite)), NOT_FINITE))
         else:
-            far = int(np.argmax(loud[row]))
+            far = int(np.argmax(np.abs(vectors[row]) > largest))
             message = f"{vectors[row, far]:g} is beyond ±{largest:g}: no encoder gives such values"
             refused.append((row, far, message))
     return refused
@@ -283,7 +287,7 @@ def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | No
     """The float32 vector, the field it came from, and what is wrong with its size if anything."""
     if upload.features_b64 is not None:
         try:
-            raw = base64.b64decode(upload.features_b64, validate=True)
+            raw = b64decode(upload.features_b64)
         except ValueError as error:  # binascii.Error, or text that is not ASCII
             return np.zeros(0, np.float32), "features_b64", f"not base64 ({error})"
         if len(raw) != 4 * feature_dim:
@@ -297,6 +301,18 @@ def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | No
     return features, "features", None
 
 
+def b64decode(text: str) -> bytes:
+    """`base64.b64decode(text, validate=True)`, by pybase64's SIMD decoder: 2 µs rather than 50
+    for a 2048-d vector, the largest single cost of a bulk load of base64 features. pybase64
+    accepts only what the standard library accepts, and refuses a little more (padding after
+    a complete group, which the library takes): what it refuses, the library decides, so the
+    bytes and every error message are the library's."""
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error included
+        return base64.b64decode(text, validate=True)
+
+
 def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> tuple[np.ndarray, Picture]:
     """The upload's picture decoded once, preprocessed for the model's encoder and copied at
     web size for the store."""
@@ -308,7 +324,7 @@ def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> tuple[np
     data = upload.image
     if data is None:
         try:
-            data = base64.b64decode(upload.image_b64 or "", validate=True)
+            data = b64decode(upload.image_b64 or "")
         except ValueError as error:  # binascii.Error, or text that is not ASCII
             raise ImageError(f"not base64 ({error})") from None
     image = decode(data, settings.max_image_bytes, settings.max_image_pixels, upload.image_type)

@@ -35,10 +35,11 @@ class _Unusual(Exception):
 def loads(data: bytes) -> Any:
     """`json.loads(data)`, each upload's flat `features` array a float32 ndarray."""
     arrays = [0]  # the arrays in the result, each feature vector counting as one
+    vectors = [0]  # the feature vectors among them
     try:
         document = simdjson.Parser().parse(data)
         if isinstance(document, simdjson.Object):
-            result = _object(document, arrays, batch=True)
+            result = _object(document, arrays, vectors, batch=True)
         else:
             result = _plain(document, arrays)
     except (ValueError, TypeError, RuntimeError, RecursionError, _Unusual):
@@ -46,12 +47,14 @@ def loads(data: bytes) -> Any:
     # Each array of the document has its own '[' in the text, and a '[' in a string adds one:
     # as many '[' as arrays in the result means that no feature vector held a nested array
     # (as_buffer flattens those). Else, or with a '[' in a string, json.loads reads it.
-    if data.count(b"[") != arrays[0]:
+    if vectors[0] and data.count(b"[") != arrays[0]:
         return json.loads(data)
     return result
 
 
-def _object(value: simdjson.Object, arrays: list[int], batch: bool) -> dict[str, Any]:
+def _object(
+    value: simdjson.Object, arrays: list[int], vectors: list[int], batch: bool
+) -> dict[str, Any]:
     """An upload, its `features` a vector; with `batch` (the top-level object), also each
     object of its `items` array."""
     converted: dict[str, Any] = {}
@@ -59,10 +62,11 @@ def _object(value: simdjson.Object, arrays: list[int], batch: bool) -> dict[str,
         if key == FEATURES and isinstance(inner, simdjson.Array):
             converted[key] = _vector(inner)
             arrays[0] += 1
+            vectors[0] += 1
         elif batch and key == "items" and isinstance(inner, simdjson.Array):
             arrays[0] += 1
             converted[key] = [
-                _object(item, arrays, batch=False)
+                _object(item, arrays, vectors, batch=False)
                 if isinstance(item, simdjson.Object)
                 else _plain(item, arrays)
                 for item in inner

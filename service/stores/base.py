@@ -8,7 +8,9 @@ can bring its own index up to date by following that log.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -65,7 +67,7 @@ class NewItem:
 
     id: str
     artist_id: str
-    # float32 [F], as uploaded; stored as float16 (`features_blob`), kept so that a future
+    # float32 [F], as uploaded; stored as float16 (`features_blobs`), kept so that a future
     # model can re-embed the catalogue
     features: np.ndarray
     embedding: np.ndarray  # float32 [E]
@@ -317,13 +319,19 @@ FLOAT16_TAG = b"\x16\xf0\xff\x7f"
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
-def features_blob(vector: np.ndarray) -> bytes:
-    """Raw features as the stores keep them: the tag, then little-endian float16."""
-    with np.errstate(over="ignore"):
-        half = np.asarray(vector, dtype="<f2")
-    if not np.isfinite(half).all():  # beyond ±65504, or not finite to begin with
+def features_blobs(vectors: Sequence[np.ndarray]) -> list[bytes]:
+    """Raw features as the stores keep them: the tag, then little-endian float16. Converted
+    as one array: row by row, the conversion was a third of a bulk load's store time."""
+    if not vectors:
+        return []
+    lengths = [len(vector) for vector in vectors]
+    flat = np.concatenate(vectors).astype(np.float32, copy=False)
+    # max and min, not abs: no temporary the size of the batch; NaN fails both comparisons.
+    if flat.size and not (flat.max() <= FLOAT16_MAX and flat.min() >= -FLOAT16_MAX):
         raise ValueError("features beyond float16's range (±65504) cannot be stored")
-    return FLOAT16_TAG + half.tobytes()
+    half = flat.astype("<f2").tobytes()
+    ends = np.cumsum([0, *lengths]) * 2
+    return [FLOAT16_TAG + half[start:end] for start, end in itertools.pairwise(ends)]
 
 
 def features_vector(blob: bytes) -> np.ndarray:

@@ -44,7 +44,7 @@ from service.stores.base import (
     as_blob,
     as_vector,
     feature_count,
-    features_blob,
+    features_blobs,
     features_vector,
     replay,
 )
@@ -421,11 +421,12 @@ class RedisStore(Store):
         # Everything that can fail (encoding) happens here, before the script writes anything.
         now = time.time()
         args: list[str | bytes | int | float] = [PREFIX, now]
-        for item in items:
+        blobs = features_blobs([item.features for item in items])
+        for item, features in zip(items, blobs, strict=True):
             args += [
                 item.id,
                 item.artist_id,
-                features_blob(item.features),
+                features,
                 as_blob(item.embedding),
                 "" if item.edition_size is None else int(item.edition_size),
                 "" if item.stock is None else int(item.stock),

@@ -36,7 +36,7 @@ from service.stores.base import (
     as_blob,
     as_vector,
     feature_count,
-    features_blob,
+    features_blobs,
     features_vector,
     replay,
 )
@@ -157,12 +157,12 @@ def _row_to_item(row: tuple) -> Item:
     )
 
 
-def _columns(item: NewItem) -> tuple:
-    """What every write of `item` sets: artist_id, features, embedding, edition_size,
-    metadata, model_version."""
+def _columns(item: NewItem, features: bytes) -> tuple:
+    """What every write of `item` sets: artist_id, features (stored as `features`), embedding,
+    edition_size, metadata, model_version."""
     return (
         item.artist_id,
-        features_blob(item.features),
+        features,
         as_blob(item.embedding),
         item.edition_size,
         json.dumps(item.metadata),
@@ -245,6 +245,8 @@ class SQLiteStore(Store):
             if exhausted:
                 raise EditionExhaustedError(exhausted)
             for run in _distinct_runs(items):
+                features = features_blobs([i.features for i in run])
+                blobs = dict(zip([i.id for i in run], features, strict=True))
                 stored = {id_ for (id_,) in self._where_id_in(db, "id", [i.id for i in run])}
                 replaced = [i for i in run if i.id in stored]
                 new = [i for i in run if i.id not in stored]
@@ -254,13 +256,16 @@ class SQLiteStore(Store):
                     "edition_size = ?, metadata = ?, model_version = ?, "
                     "stock = COALESCE(?, MIN(stock, MAX(COALESCE(?, 1) - sold, 0))), "
                     "updated_at = ?, deleted = 0 WHERE id = ?",
-                    [(*_columns(i), i.stock, i.edition_size, now, i.id) for i in replaced],
+                    [
+                        (*_columns(i, blobs[i.id]), i.stock, i.edition_size, now, i.id)
+                        for i in replaced
+                    ],
                 )
                 db.executemany(
                     "INSERT INTO items (artist_id, features, embedding, edition_size, metadata, "
                     "model_version, stock, updated_at, created_at, id) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(*_columns(i), _initial_stock(i), now, now, i.id) for i in new],
+                    [(*_columns(i, blobs[i.id]), _initial_stock(i), now, now, i.id) for i in new],
                 )
                 key_of = dict(self._where_id_in(db, "id, key", [i.id for i in run]))
                 run_keys = [key_of[i.id] for i in run]
