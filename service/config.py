@@ -67,10 +67,8 @@ class Settings(BaseSettings):
     max_feature_magnitude: float = Field(
         1000.0,
         gt=0,
-        le=65504,  # float16's largest: stores keep features as float16
         description="largest |value| of an uploaded feature vector: far beyond what image "
-        "encoders give (EfficientNet-lite0: 0 to 6), short of what overflows a model, and at "
-        "most 65504, the largest float16 (features are stored as float16)",
+        "encoders give (EfficientNet-lite0: 0 to 6), short of what overflows a model",
     )
     max_norm_ratio: float = Field(
         3.0,

@@ -79,8 +79,9 @@ end
 
 local function rank(created_at, key, id)
   local bits = struct.pack('>d', tonumber(created_at))
-  local hex = bits:gsub('.', function(c) return string.format('%02x', c:byte()) end)
-  return hex .. string.format('%020d', tonumber(key)) .. id
+  -- bits:byte(1, 8) last in the call: only there does Lua pass on all eight of its values
+  return string.format('%02x%02x%02x%02x%02x%02x%02x%02x', bits:byte(1, 8))
+    .. string.format('%020d', tonumber(key)) .. id
 end
 
 -- Brings the for-sale sets in line with the item's hash, after any change to it.
@@ -126,42 +127,76 @@ end
 if #exhausted > 0 then
   return {'exhausted', exhausted}
 end
+-- Each work's key: stored, or for a new one (the first time the batch gives it) one of those
+-- a single INCRBY draws for all of them.
+local keys_of, fresh = {}, 0
+for i = 3, #ARGV, 10 do
+  local id = ARGV[i]
+  if keys_of[id] == nil then
+    keys_of[id] = redis.call('HGET', item_key(id), 'key')
+    if not keys_of[id] then
+      fresh = fresh + 1
+    end
+  end
+end
+local next_key = redis.call('INCRBY', prefix .. 'key_counter', fresh) - fresh
+local listed, live = {}, {}  -- new works' `keys` entries and `live` members, added in bulk
 local result = {}
 for i = 3, #ARGV, 10 do
   local id, artist, features, embedding, edition, stock, metadata, version, picture, kind =
     unpack(ARGV, i, i + 9)
   local item = item_key(id)
-  local key = redis.call('HGET', item, 'key')
-  local created = 0
+  local key = keys_of[id]
   if not key then
-    key = redis.call('INCR', prefix .. 'key_counter')
-    redis.call('HSET', item, 'key', key, 'id', id, 'sold', 0, 'created_at', now)
-    redis.call('HSET', prefix .. 'keys', key, id)
-    created = 1
-  end
-  if stock == '' then
-    -- unspecified: a new work offers its edition; a replaced one keeps what is left unsold
-    local units = tonumber(edition) or 1
-    if created == 1 then
-      stock = units
-    else
-      local left = units - tonumber(redis.call('HGET', item, 'sold'))
-      stock = math.min(tonumber(redis.call('HGET', item, 'stock')), math.max(left, 0))
+    -- A new work, written in one HSET: nothing to read back, no picture or for-sale entry
+    -- of an earlier version to take out. Unspecified stock: the edition.
+    next_key = next_key + 1
+    key = string.format('%d', next_key)
+    keys_of[id] = key
+    if stock == '' then
+      stock = string.format('%d', tonumber(edition) or 1)
     end
-    stock = string.format('%d', stock)  -- as digits: Lua would write 1e+17 for a large one
-  end
-  redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
-    'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
-    'deleted', 0, 'model_version', version)
-  if picture == '' then
-    redis.call('DEL', prefix .. 'picture:' .. id)
+    redis.call('HSET', item, 'key', key, 'id', id, 'sold', 0, 'created_at', now,
+      'artist_id', artist, 'features', features, 'embedding', embedding,
+      'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
+      'deleted', 0, 'model_version', version)
+    if picture ~= '' then
+      redis.call('HSET', prefix .. 'picture:' .. id, 'data', picture, 'type', kind)
+    end
+    if tonumber(stock) > 0 then
+      redis.call('ZADD', prefix .. 'newest', now, rank(now, key, id))
+    end
+    table.insert(listed, key)
+    table.insert(listed, id)
+    table.insert(live, id)
+    table.insert(result, {tonumber(key), 1})
   else
-    redis.call('HSET', prefix .. 'picture:' .. id, 'data', picture, 'type', kind)
+    if stock == '' then
+      -- unspecified: a replaced work keeps what is left unsold
+      local left = (tonumber(edition) or 1) - tonumber(redis.call('HGET', item, 'sold'))
+      stock = math.min(tonumber(redis.call('HGET', item, 'stock')), math.max(left, 0))
+      stock = string.format('%d', stock)  -- as digits: Lua would write 1e+17 for a large one
+    end
+    redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
+      'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
+      'deleted', 0, 'model_version', version)
+    if picture == '' then
+      redis.call('DEL', prefix .. 'picture:' .. id)
+    else
+      redis.call('HSET', prefix .. 'picture:' .. id, 'data', picture, 'type', kind)
+    end
+    redis.call('SADD', prefix .. 'live', id)
+    refresh(id)
+    table.insert(result, {tonumber(key), 0})
   end
-  redis.call('SADD', prefix .. 'live', id)
-  refresh(id)
   log_change(key)
-  table.insert(result, {tonumber(key), created})
+end
+-- In slices: unpack puts every value on Lua's stack, which holds about 8,000.
+for first = 1, #listed, 1000 do
+  redis.call('HSET', prefix .. 'keys', unpack(listed, first, math.min(first + 999, #listed)))
+end
+for first = 1, #live, 1000 do
+  redis.call('SADD', prefix .. 'live', unpack(live, first, math.min(first + 999, #live)))
 end
 return {'ok', result}
 """
