@@ -48,7 +48,8 @@ STDIN = "-"
 # Lines per batch: each a transaction of about 25 MB of SQLite (2048-d works) or one Redis
 # script; larger batches gained nothing measurable (benchmarks/ingest.py).
 BATCH_ITEMS = 5000
-MAX_REPORTED = 20  # bad lines reported by one run; the rest are counted
+MAX_REPORTED = 20  # problems reported by one run; the rest are counted
+PER_LINE = 3  # problems reported of one line
 
 
 class LoadRefused(Exception):
@@ -262,7 +263,10 @@ def _parsed(line: bytes) -> tuple[Upload | None, list[str]]:
     try:
         return ItemIn.model_validate(document).upload(), []
     except ValidationError as error:
-        return None, [f"{_located(e['loc'])}{e['msg']}" for e in error.errors()]
+        problems = [f"{_located(e['loc'])}{e['msg']}" for e in error.errors()]
+        if len(problems) > PER_LINE:  # 2048 features as strings are 2048 problems
+            problems[PER_LINE:] = [f"and {len(problems) - PER_LINE} more problems on this line"]
+        return None, problems
 
 
 def _located(where: tuple[str | int, ...]) -> str:
