@@ -190,7 +190,7 @@ def _load(settings: Settings, files: list[str], batch_items: int, check: bool) -
             raise SystemExit(f"error: {error}") from None
     done = "checked" if check else f"loaded ({loaded.created} new, {loaded.updated} replaced)"
     rate = loaded.works / loaded.seconds if loaded.seconds else 0.0
-    print(f"{loaded.works} works {done} in {loaded.seconds:.1f} s: {rate:.0f} works/s")
+    print(f"{loaded.works} works {done} in {loaded.seconds:.2f} s: {rate:.0f} works/s")
     return 0
 
 
