@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from queue import Full, Queue
 from typing import BinaryIO
@@ -186,7 +186,12 @@ class Reader:
                 uploads = [u for n, u in enumerate(uploads) if n not in bad]
                 read.lines = [line for n, line in enumerate(read.lines) if n not in bad]
                 continue
-            read.prepared = prepared
+            # Each vector is in `prepared.features` now: the batch does not keep it twice while
+            # it waits (up to three batches are in memory: read ahead, waiting, written).
+            unloaded = [
+                replace(u, features=None, features_b64=None, image_b64=None) for u in uploads
+            ]
+            read.prepared = replace(prepared, uploads=unloaded)
             break
         return read
 

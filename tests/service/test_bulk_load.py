@@ -52,13 +52,16 @@ def write_lines(path: Path, lines: list[dict | str]) -> Path:
     return path
 
 
-def load(store_url: str, *arguments: str | Path) -> subprocess.CompletedProcess[str]:
+def load(
+    store_url: str, *arguments: str | Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "service", "load", "--store-url", store_url]
     environment = {**os.environ, "CURATORNET_MODEL_DIR": str(FEATURES_MODEL)}
     return subprocess.run(
         [*command, "--batch-items", str(BATCH), *map(str, arguments)],
         cwd=ROOT,
         env=environment,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=300,
@@ -158,6 +161,7 @@ def test_check_reports_every_bad_line_and_writes_nothing(
     store = open_store(store_url)
     assert store.counts().items == 0
     store.close()
-    fine = load(store_url, "--check", write_lines(tmp_path / "fine.ndjson", works))
-    assert fine.returncode == 0, fine.stderr
-    assert f"{WORKS} works checked" in fine.stdout
+    fine = write_lines(tmp_path / "fine.ndjson", works).read_text()
+    checked = load(store_url, "--check", "-", stdin=fine)  # - reads standard input
+    assert checked.returncode == 0, checked.stderr
+    assert f"{WORKS} works checked" in checked.stdout
