@@ -16,8 +16,8 @@ line (the first 20 are shown) rather than stopping at the first bad batch.
 Works are embedded by the model the store's services serve (the one last rolled out or
 started with), else by CURATORNET_MODEL_DIR: a load never changes the fleet's model.
 
-Reading a line (parsing, validating, decoding, checking) costs about as much as embedding and
-storing it, so a thread reads the next batch while the current one is embedded and written.
+Reading a line (parsing, validating, decoding, checking) costs about as much as embedding it
+and storing it take together, so the three run at once on three batches (`load`).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from queue import Full, Queue
@@ -41,7 +42,7 @@ from service.api.items import ItemIn
 from service.config import Settings
 from service.indexing import CatalogueIndex
 from service.ingest import Prepared, Upload, UploadRefused, embed, prepare
-from service.stores.base import ItemsRefused, NewItem
+from service.stores.base import ItemsRefused, NewItem, UpsertResult
 
 log = logging.getLogger("service.load")
 STDIN = "-"
@@ -103,52 +104,77 @@ def load(
     check: bool,
 ) -> Loaded:
     """Load (or with `check`, only read, check and embed) the works of these NDJSON files, in
-    batches of `batch_items` lines; LoadRefused for bad lines."""
+    batches of `batch_items` lines; LoadRefused for bad lines.
+
+    Three threads work on three batches at once: one reads the next batch, this one embeds the
+    current one, one writes the one before (ONNX Runtime, numpy and SQLite let go of the
+    interpreter while they work). So a batch's works are judged outsized against the
+    catalogue as indexed before the batch ahead of it was written; batches are written in
+    order, and none after a bad one.
+    """
     started = time.perf_counter()
     loaded = Loaded()
     first_seen: dict[str, str] = {}  # id -> where it was first given, across every file
     problems: list[str] = []
     reader = Reader(catalogue.serving.model, settings, check)
-    for read in _ahead(map(reader.read, _batches(paths, batch_items))):
-        found = read.problems + _repeated_ids(read, first_seen)
-        if found and not check:
-            raise LoadRefused(found, loaded.works)
-        items: list[NewItem] = []
-        if read.prepared is not None:
-            serving = catalogue.serving
-            try:
-                items = embed(read.prepared, serving, settings)
-            except UploadRefused as refused:
-                found += [
-                    f"{read.where(p.upload)}: {_located(p.where)}{p.message}"
-                    for p in refused.problems
-                ]
-        if found and not check:
-            raise LoadRefused(found, loaded.works)
-        if items and not check:
-            try:
-                result = catalogue.upsert_items(items)
-            except ItemsRefused as error:  # a stock beyond what the edition has left unsold
-                at = {item.id: n for n, item in enumerate(items)}
-                reason = error.reason
-                located = [f"{read.where(at[i])}: stock: {reason}" for i in error.item_ids]
-                raise LoadRefused(located, loaded.works) from None
-            loaded.created += len(result.created)
-            loaded.updated += len(result.updated)
-        problems += found
-        loaded.works += len(items)
-        loaded.seconds = time.perf_counter() - started
-        log.info(
-            "%s %d works (%s, to line %d): %.0f works/s",
-            "checked" if check else "loaded",
-            loaded.works,
-            read.source,
-            read.lines[-1] if read.lines else 0,
-            loaded.works / loaded.seconds,
-        )
+    writing: tuple[Read, list[NewItem], Future[UpsertResult]] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="load-writer") as writer:
+        for read in _ahead(map(reader.read, _batches(paths, batch_items))):
+            found = read.problems + _repeated_ids(read, first_seen)
+            items: list[NewItem] = []
+            if read.prepared is not None and (check or not found):
+                try:
+                    items = embed(read.prepared, catalogue.serving, settings)
+                except UploadRefused as refused:
+                    found += [
+                        f"{read.where(p.upload)}: {_located(p.where)}{p.message}"
+                        for p in refused.problems
+                    ]
+            if writing is not None:
+                _written(*writing, loaded, started)
+                writing = None
+            if found and not check:
+                raise LoadRefused(found, loaded.works)
+            problems += found
+            if check:
+                loaded.works += len(items)
+                _progress("checked", loaded, read, started)
+            elif items:
+                writing = read, items, writer.submit(catalogue.upsert_items, items)
+        if writing is not None:
+            _written(*writing, loaded, started)
     if problems:
         raise LoadRefused(problems, 0)
     return loaded
+
+
+def _written(
+    read: Read, items: list[NewItem], writing: Future[UpsertResult], loaded: Loaded, started: float
+) -> None:
+    """Wait for a batch's write and count it; LoadRefused, naming the lines, when the store
+    refused it (a stock beyond what an edition has left unsold)."""
+    try:
+        result = writing.result()
+    except ItemsRefused as error:
+        at = {item.id: n for n, item in enumerate(items)}
+        located = [f"{read.where(at[i])}: stock: {error.reason}" for i in error.item_ids]
+        raise LoadRefused(located, loaded.works) from None
+    loaded.works += len(items)
+    loaded.created += len(result.created)
+    loaded.updated += len(result.updated)
+    _progress("loaded", loaded, read, started)
+
+
+def _progress(done: str, loaded: Loaded, read: Read, started: float) -> None:
+    loaded.seconds = time.perf_counter() - started
+    log.info(
+        "%s %d works (%s, to line %d): %.0f works/s",
+        done,
+        loaded.works,
+        read.source,
+        read.lines[-1] if read.lines else 0,
+        loaded.works / loaded.seconds,
+    )
 
 
 class Reader:
