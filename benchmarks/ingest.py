@@ -161,7 +161,9 @@ def http_run(work: Path, works: int, seed: int, checkout: Path, name: str) -> di
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"\nbulk load, {results['works']} works of {results['feature_dim']}-d features:")
+    load = (results["machine"]["load_average"], results["machine"]["load_average_at_end"])
+    print(f"\n{results['machine']['cpus']} cores, load average {load[0]:.1f} to {load[1]:.1f}")
+    print(f"bulk load, {results['works']} works of {results['feature_dim']}-d features:")
     print("store   encoding  works/s  CPU µs/work  Redis CPU µs/work  bytes/work  start-up s")
     for store, runs in results["bulk"].items():
         for encoding, run in runs.items():
@@ -199,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        # The 1-minute load average as the run began: the neighbours' share of the cores.
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": os.getloadavg()[0],
+        },
         "model": str(MODEL_DIR.relative_to(ROOT)),
         "feature_dim": 2048,
         "works": args.works,
@@ -218,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.before is not None:
             before = http_run(work, args.http_works, args.seed, args.before.resolve(), "before")
             results["http"]["before"] = before
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
