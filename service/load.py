@@ -46,8 +46,8 @@ from service.stores.base import ItemsRefused, NewItem, UpsertResult
 
 log = logging.getLogger("service.load")
 STDIN = "-"
-# Lines per batch: each a transaction of about 25 MB of SQLite (2048-d works) or one Redis
-# script; larger batches gained nothing measurable (benchmarks/ingest.py).
+# Lines per batch: each one transaction of about 23 MB of SQLite (2048-d works) or one Redis
+# script, a few per second; the command holds three batches at once (0.6 GB at this size).
 BATCH_ITEMS = 5000
 MAX_REPORTED = 20  # problems reported by one run; the rest are counted
 PER_LINE = 3  # problems reported of one line
@@ -90,6 +90,8 @@ class Read:
 
 @dataclass
 class Loaded:
+    """What a load did so far."""
+
     works: int = 0
     created: int = 0
     updated: int = 0
@@ -223,9 +225,7 @@ class Reader:
 
 
 def _ahead(reads: Iterator[Read]) -> Iterator[Read]:
-    """The same reads, each made by a thread while the caller embeds and writes the one
-    before: ONNX Runtime, numpy's casts and SQLite let go of the interpreter while they work,
-    so reading (which holds it) proceeds meanwhile."""
+    """The same reads, each made by a thread while the caller works on the one before."""
     handed: Queue[Read | BaseException | None] = Queue(maxsize=1)
     stopping = threading.Event()
 
@@ -289,6 +289,8 @@ def _parsed(line: bytes) -> tuple[Upload | None, list[str]]:
         document = upload_json.loads(line)
     except json.JSONDecodeError as error:
         return None, [f"not JSON: {error.msg} (character {error.pos})"]
+    except ValueError as error:  # bytes that are not text in any encoding JSON allows
+        return None, [f"not JSON: {error}"]
     except RecursionError:
         return None, ["not JSON this reader can follow: nested too deeply"]
     try:
