@@ -10,8 +10,9 @@ asserted by a test.
   uploads them), once with the features as JSON lists and once as base64, into a fresh SQLite
   file and into a fresh redis-server (append-only file on, `everysec`, as the compose file
   runs it). Works/s is the command's own figure (reading, checking, embedding and writing;
-  start-up, which loads the model and indexes the store, is printed apart); CPU is the
-  command's user + system time, start-up included, and for Redis the server's too.
+  start-up, which loads the model and indexes the store, is printed apart); CPU per work is
+  the command's user + system time less that of a run with nothing to load, and for Redis
+  the server's too.
 - POST /items: the real service (`python -m service`, models/synthetic-2048, SQLite) taking
   batches of 1,000 works alternately as JSON lists and base64 (benchmarks/serve.py's own
   upload loop), with the service's CPU from /proc per work.
@@ -102,12 +103,12 @@ def bulk_load(store_url: str, path: Path, works: int) -> dict[str, Any]:
     cpu = usage.ru_utime + usage.ru_stime
     return {
         "works": works,
-        "works_per_s": works / loading_s,
+        "works_per_s": works / loading_s if works else None,
         "loading_s": loading_s,
         "start_up_s": wall - loading_s,
         "wall_s": wall,
         "cpu_s": cpu,
-        "cpu_us_per_work": cpu / works * 1e6,
+        "cpu_us_per_work": cpu / works * 1e6 if works else None,
     }
 
 
@@ -116,11 +117,16 @@ def sqlite_bytes(path: Path) -> int:
 
 
 def bulk_runs(work: Path, files: dict[str, Path], works: int) -> dict[str, Any]:
-    """The CLI into SQLite and into Redis, per encoding, each into a fresh store."""
-    runs: dict[str, Any] = {"sqlite": {}, "redis": {}}
+    """The CLI into SQLite and into Redis, per encoding, each into a fresh store; and its CPU
+    with nothing to load (start-up alone), taken off the per-work figure."""
+    empty = work / "empty.ndjson"
+    empty.touch()
+    start_up = bulk_load(f"sqlite:///{work / 'empty.db'}", empty, 0)["cpu_s"]
+    runs: dict[str, Any] = {"start_up_cpu_s": start_up, "sqlite": {}, "redis": {}}
     for encoding, path in files.items():
         database = work / f"bulk-{encoding}.db"
         run = bulk_load(f"sqlite:///{database}", path, works)
+        run["loading_cpu_us_per_work"] = (run["cpu_s"] - start_up) / works * 1e6
         run["bytes_per_work"] = sqlite_bytes(database) / works
         runs["sqlite"][encoding] = run
         print(f"load into SQLite, {encoding}: {run['works_per_s']:.0f} works/s", flush=True)
@@ -130,6 +136,7 @@ def bulk_runs(work: Path, files: dict[str, Path], works: int) -> dict[str, Any]:
             client = redis.Redis.from_url(url)
             memory, cpu = client.info("memory")["used_memory"], redis_cpu(client)
             run = bulk_load(url, path, works)
+            run["loading_cpu_us_per_work"] = (run["cpu_s"] - start_up) / works * 1e6
             run["redis_cpu_us_per_work"] = (redis_cpu(client) - cpu) / works * 1e6
             run["bytes_per_work"] = (client.info("memory")["used_memory"] - memory) / works
             client.close()
@@ -164,14 +171,16 @@ def print_table(results: dict[str, Any]) -> None:
     load = (results["machine"]["load_average"], results["machine"]["load_average_at_end"])
     print(f"\n{results['machine']['cpus']} cores, load average {load[0]:.1f} to {load[1]:.1f}")
     print(f"bulk load, {results['works']} works of {results['feature_dim']}-d features:")
+    start_up = results["bulk"]["start_up_cpu_s"]
+    print(f"(CPU per work without the start-up's {start_up:.1f} s of CPU)")
     print("store   encoding  works/s  CPU µs/work  Redis CPU µs/work  bytes/work  start-up s")
-    for store, runs in results["bulk"].items():
-        for encoding, run in runs.items():
+    for store in ("sqlite", "redis"):
+        for encoding, run in results["bulk"][store].items():
             server = run.get("redis_cpu_us_per_work")
             server_text = " " * 17 if server is None else f"{server:17.0f}"
             print(
                 f"{store:7s} {encoding:8s} {run['works_per_s']:8.0f} "
-                f"{run['cpu_us_per_work']:12.0f} {server_text} "
+                f"{run['loading_cpu_us_per_work']:12.0f} {server_text} "
                 f"{run['bytes_per_work']:11.0f} {run['start_up_s']:11.1f}"
             )
     print(f"\nPOST /items, {results['http_works']} works in batches of {BATCH_ITEMS}:")
@@ -199,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON results (default benchmarks/results/ingest.json)",
     )
     args = parser.parse_args(argv)
+    if args.http_works < 2 * BATCH_ITEMS:  # batches alternate the two encodings
+        parser.error(f"--http-works must be at least {2 * BATCH_ITEMS}")
     results: dict[str, Any] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         # The 1-minute load average as the run began: the neighbours' share of the cores.
