@@ -17,6 +17,9 @@ asserted by a test.
   batches of 1,000 works alternately as JSON lists and base64 (benchmarks/serve.py's own
   upload loop), with the service's CPU from /proc per work.
 - Bytes per work: the SQLite file's size over N, Redis's `used_memory` growth over N.
+- Precision: embeddings recomputed from features as stored, against those of the uploaded
+  float32 features, on each shipped model's own catalogue (data/pixels, data/synthetic) when
+  it is there: in the stores' 16-bit steps, and in float16 for comparison.
 - `--before DIR` (a checkout of the code before this change, e.g.
   `git archive $(git merge-base main HEAD) | tar -x -C DIR`): its service takes the same
   POST /items run and a base64 load into Redis, for its rates and its bytes per work (float32
@@ -41,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import redis
 from durability import redis_server
@@ -55,6 +59,9 @@ from serve import (
     ingest,
     item_id,
 )
+
+from curatornet.model_loader import LoadOptions, load_model
+from service.stores.base import features_blobs, features_vector
 
 ENCODINGS = ("list", "b64")
 # `python -m service load`'s last line: "N works loaded (C new, U replaced) in S s: R works/s".
@@ -167,6 +174,38 @@ def http_run(work: Path, works: int, seed: int, checkout: Path, name: str) -> di
     return result
 
 
+# Each shipped model and the catalogue it was trained on, where `bash models/build-*.sh` (or
+# `python -m training synth`) left it.
+CATALOGUES = {
+    "models/default": ROOT / "data" / "pixels" / "features.npz",
+    "models/synthetic-2048": ROOT / "data" / "synthetic" / "features.npz",
+}
+
+
+def stored_precision() -> dict[str, Any]:
+    """How far embeddings recomputed from stored features fall from those of the uploaded
+    float32 features, on each shipped model's own catalogue: in the stores' 16-bit steps, and
+    in float16 at the same size, for comparison."""
+    found = {}
+    for model_dir, path in CATALOGUES.items():
+        if not path.exists():
+            continue
+        model = load_model(ROOT / model_dir, LoadOptions(threads=None))
+        features = np.load(path)["features"].astype(np.float32)
+        uploaded = model.embed_items(features)
+        stored = np.stack([features_vector(blob) for blob in features_blobs(list(features))])
+        half = features.astype(np.float16).astype(np.float32)
+        found[model_dir] = {
+            "works": len(features),
+            "median_embedding_norm": float(np.median(np.linalg.norm(uploaded, axis=1))),
+            "max_abs_difference_16_bit_steps": float(
+                np.abs(model.embed_items(stored) - uploaded).max()
+            ),
+            "max_abs_difference_float16": float(np.abs(model.embed_items(half) - uploaded).max()),
+        }
+    return found
+
+
 def print_table(results: dict[str, Any]) -> None:
     load = (results["machine"]["load_average"], results["machine"]["load_average_at_end"])
     print(f"\n{results['machine']['cpus']} cores, load average {load[0]:.1f} to {load[1]:.1f}")
@@ -192,6 +231,16 @@ def print_table(results: dict[str, Any]) -> None:
             f"{name:9s} {run['list']['items_per_s']:14.0f} {run['b64']['items_per_s']:15.0f} "
             f"{run['server_cpu_us_per_work']:19.0f} {run['sqlite_bytes_per_work']:14.0f} "
             f"{run['redis_bytes_per_work']:13.0f}"
+        )
+    print(
+        "\nembeddings from stored features against those of the uploaded ones (max |difference|):"
+    )
+    for model_dir, precision in results["stored_precision"].items():
+        print(
+            f"{model_dir}, {precision['works']} works: "
+            f"{precision['max_abs_difference_16_bit_steps']:.2e} in 16-bit steps, "
+            f"{precision['max_abs_difference_float16']:.2e} as float16 "
+            f"(embeddings {precision['median_embedding_norm']:.1f} long)"
         )
 
 
@@ -233,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         results["bulk"] = bulk_runs(work, files, args.works)
         results["http"] = {"this": http_run(work, args.http_works, args.seed, ROOT, "this")}
+        results["stored_precision"] = stored_precision()
         if args.before is not None:
             before = http_run(work, args.http_works, args.seed, args.before.resolve(), "before")
             results["http"]["before"] = before
