@@ -7,9 +7,10 @@ never a timed test; this script prints the figures and writes them as JSON.
 
 The works are the synthetic market's (`curatornet.synthetic.catalogue_batches` at the scale
 that gives N works: its artists, styles and feature map, so the catalogue is shaped like a
-market, not like noise), 2048-d features embedded in this process by models/synthetic-2048 and
-written to a SQLite store through `Store.upsert_items` in batches (not over HTTP), with
-customers of 1 to 5 purchases each (editions large enough that nothing sells out). Then:
+market, not like noise), 2048-d features generated in this process and written to a SQLite
+store by the bulk path, `python -m service load -` reading them from its standard input (which
+embeds them with models/synthetic-2048; not over HTTP), with customers of 1 to 5 purchases
+each (editions large enough that nothing sells out). Then:
 
 1. exact answers, in this process: each sampled customer's top 20 by the served rule (the
    user tower over the stored embeddings of their purchases, an item's score its best inner
@@ -24,25 +25,27 @@ customers of 1 to 5 purchases each (editions large enough that nothing sells out
    recall@20 of its answers against the exact ones; then a clean shutdown;
 3. the service again for each --ef-search, now starting from the snapshot (efSearch is a
    search setting, not part of the snapshot's identity): time to /readyz, RSS, the same series;
-   then after --replay works were uploaded again through the store, a start that replays
-   those changes after its snapshot; and with --workers > 1, that many workers starting from
-   the snapshot at once, RSS per worker;
-4. a redis-server of its own holding --redis-items of the same works, written through
-   `RedisStore.upsert_items`: INFO used_memory per work.
+   then after --replay works were loaded again (new features, the same ids) by another
+   process, a start that replays those changes after its snapshot; and with --workers > 1,
+   that many workers starting from the snapshot at once, RSS per worker;
+4. a redis-server of its own holding --redis-items of the same works, loaded the same way:
+   INFO used_memory per work.
 
     .venv/bin/python benchmarks/million.py --quick   # smoke run: 20,000 works
-    .venv/bin/python benchmarks/million.py           # 1,000,000 works (about an hour here)
+    .venv/bin/python benchmarks/million.py           # 1,000,000 works (a quarter of an hour)
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,12 +66,11 @@ from service.config import Settings
 from service.index import ItemIndex
 from service.snapshot import IndexSnapshots
 from service.stores import open_store
-from service.stores.base import NewItem, Store
+from service.stores.base import Store
 
 K = 20
-BATCH = 10_000  # works per batch generated, embedded and written to SQLite
-REDIS_BATCH = 1_000  # works per RedisStore.upsert_items call (one Lua script each)
-EDITION = 1_000_000  # prints per work: no purchase here sells one out
+BATCH = 10_000  # works generated at a time and handed to the loader
+EDITION = 1_000_000  # prints per work (the most a work may have): no purchase sells one out
 WARM_REQUESTS = 20
 # service/app.py's start-up line after loading a snapshot.
 REPLAYED_LOG = re.compile(r"loaded from \S+ with \d+ items, (\d+) changes replayed")
@@ -86,49 +88,69 @@ def user_id(user: int) -> str:
     return f"customer-{user:05d}"
 
 
-def works(n_items: int, seed: int, model: LoadedModel) -> Iterator[list[NewItem]]:
-    """The first `n_items` works of a market scaled to hold them, in batches, embedded."""
+def ndjson(n_items: int, seed: int) -> Iterator[bytes]:
+    """The first `n_items` works of a market scaled to hold them, as `python -m service load`
+    reads them (one work per line, features as base64 float32), a batch of lines at a time."""
     market = MarketConfig()
     config = dataclasses.replace(market.scaled(n_items / market.n_items), n_items=n_items)
     start = 0
     for artists, features in catalogue_batches(config, seed, BATCH):
-        embeddings = model.embed_items(features)
-        yield [
-            NewItem(
-                id=item_id(start + n),
-                artist_id=f"artist-{artist:05d}",
-                features=features[n],
-                embedding=embeddings[n],
-                edition_size=EDITION,
-                stock=None,
-                model_version=model.version,
-            )
-            for n, artist in enumerate(artists.tolist())
-        ]
+        encoded = [base64.b64encode(row.tobytes()).decode() for row in features]
+        yield "".join(
+            f'{{"id":"{item_id(start + n)}","artist_id":"artist-{artist:05d}",'
+            f'"edition_size":{EDITION},"features_b64":"{vector}"}}\n'
+            for n, (artist, vector) in enumerate(zip(artists.tolist(), encoded, strict=True))
+        ).encode()
         start += len(features)
 
 
-def load_sqlite(store: Store, n_items: int, seed: int, model: LoadedModel) -> dict[str, Any]:
-    """Every work into the store; returns the rate and keeps nothing but the embeddings."""
-    embeddings = np.empty((n_items, model.embedding_dim), np.float32)
-    writing, began = 0.0, time.perf_counter()
-    done = 0
-    for batch in works(n_items, seed, model):
-        embeddings[done : done + len(batch)] = [item.embedding for item in batch]
-        started = time.perf_counter()
-        store.upsert_items(batch)
-        writing += time.perf_counter() - started
-        done += len(batch)
-        print(f"\r... {done:,} of {n_items:,} works stored", end="", flush=True)
-    print()
-    total = time.perf_counter() - began
-    return {
-        "embeddings": embeddings,
-        "seconds": total,
-        "store_write_seconds": writing,
-        "works_per_s_written": n_items / writing,
-        "works_per_s_generated_embedded_and_written": n_items / total,
+def bulk_load(url: str, n_items: int, seed: int, log: Path) -> dict[str, Any]:
+    """`python -m service load -` into the store at `url` (the bulk path, which embeds them
+    too), the works' lines written to its standard input as they are generated."""
+    environment = {
+        **os.environ,
+        "CURATORNET_STORE_URL": url,
+        "CURATORNET_MODEL_DIR": str(MODEL_DIR),
     }
+    began = time.perf_counter()
+    with log.open("w") as output:
+        loader = subprocess.Popen(
+            [sys.executable, "-m", "service", "load", "-"],
+            cwd=ROOT,
+            env=environment,
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        assert loader.stdin is not None
+        try:
+            for lines in ndjson(n_items, seed):
+                loader.stdin.write(lines)
+        finally:
+            loader.stdin.close()
+            loader.wait()
+    seconds = time.perf_counter() - began
+    said = log.read_text().strip().splitlines()
+    if loader.returncode != 0:
+        raise RuntimeError("python -m service load failed:\n" + "\n".join(said[-20:]))
+    return {
+        "works": n_items,
+        "seconds": seconds,
+        "works_per_s": n_items / seconds,
+        "said": said[-1],
+    }
+
+
+def stored_embeddings(store: Store, n_items: int, dim: int) -> np.ndarray:
+    """Every work's embedding as the store holds it, by row (work-0000123 is row 123): the
+    very vectors the service indexes."""
+    embeddings = np.empty((n_items, dim), np.float32)
+    after = 0
+    while (page := store.catalogue(after, 50_000)).item_ids:
+        rows = [int(work.removeprefix("work-")) for work in page.item_ids]
+        embeddings[rows] = np.stack(page.embeddings)
+        after = int(page.keys[-1])
+    return embeddings
 
 
 def customers(store: Store, n_items: int, n_users: int, seed: int) -> list[list[int]]:
@@ -286,56 +308,35 @@ def serve_once(
     return run
 
 
-def upload_again(database: Path, n_items: int, seed: int, model: LoadedModel) -> dict[str, Any]:
-    """`n_items` works uploaded again with new features (the first works of a market of
-    that size, under the same ids), through the store as another process would: changes the
-    next start replays after its snapshot."""
-    store = open_store(f"sqlite:///{database}")
-    began = time.perf_counter()
-    try:
-        for batch in works(n_items, seed + 1, model):
-            store.upsert_items(batch)
-    finally:
-        store.close()
-    return {"changes": n_items, "seconds": time.perf_counter() - began}
-
-
-def redis_bytes(n_items: int, seed: int, model: LoadedModel, work: Path) -> dict[str, Any]:
-    """Redis's memory per work for the first `n_items` works (append-only file as deployed)."""
+def redis_bytes(n_items: int, seed: int, work: Path) -> dict[str, Any]:
+    """Redis's memory per work for the first `n_items` works, loaded by the bulk path
+    (append-only file on, as deployed)."""
     with redis_server(work, "everysec") as url:
         client = redis.Redis.from_url(url)
         empty = client.info("memory")["used_memory"]
-        store = open_store(url)
-        began = time.perf_counter()
-        try:
-            for batch in works(n_items, seed, model):
-                for start in range(0, len(batch), REDIS_BATCH):
-                    store.upsert_items(batch[start : start + REDIS_BATCH])
-        finally:
-            store.close()
-        seconds = time.perf_counter() - began
+        loaded = bulk_load(url, n_items, seed, work / "redis-load.log")
         used = client.info("memory")["used_memory"] - empty
         client.close()
     return {
         "items": n_items,
         "used_memory_bytes": used,
         "bytes_per_work": used / n_items,
-        "works_per_s_generated_embedded_and_written": n_items / seconds,
+        "load": loaded,
     }
 
 
 def measure(args: argparse.Namespace, model: LoadedModel, work: Path, results: dict) -> None:
     """Every phase (see the module docstring), its figures into `results` as they come."""
     database = work / "store.db"
-    store = open_store(f"sqlite:///{database}")
+    url = f"sqlite:///{database}"
+    print(f"... {args.items:,} works through python -m service load", flush=True)
+    results["load"] = bulk_load(url, args.items, args.seed, work / "load.log")
+    store = open_store(url)
     try:
-        print(f"... generating, embedding and storing {args.items:,} works", flush=True)
-        loaded = load_sqlite(store, args.items, args.seed, model)
+        embeddings = stored_embeddings(store, args.items, model.embedding_dim)
         baskets = customers(store, args.items, args.users, args.seed)
     finally:
         store.close()
-    embeddings = loaded.pop("embeddings")
-    results["load"] = loaded
     sizes = {path.name: path.stat().st_size for path in work.glob("store.db*")}
     results["sqlite"] = {"files": sizes, "bytes_per_work": sum(sizes.values()) / args.items}
     print("... exact answers in process", flush=True)
@@ -360,7 +361,8 @@ def measure(args: argparse.Namespace, model: LoadedModel, work: Path, results: d
             results["with_snapshot"].append(serve_once(database, log, 1, ef, exact))
         if args.replay:
             print(f"... {args.replay:,} works uploaded again, then from the snapshot", flush=True)
-            results["replay"] = upload_again(database, args.replay, args.seed, model)
+            # The first works again, with the features of another market's: new versions.
+            results["replay"] = bulk_load(url, args.replay, args.seed + 1, work / "again.log")
             log = work / "snapshot-replay.log"
             results["with_snapshot"].append(serve_once(database, log, 1, default_ef, None))
         for workers in [w for w in args.workers if w > 1]:
@@ -369,7 +371,7 @@ def measure(args: argparse.Namespace, model: LoadedModel, work: Path, results: d
             results["with_snapshot"].append(serve_once(database, log, workers, default_ef, None))
     if args.redis_items:
         print(f"... Redis: {args.redis_items:,} works", flush=True)
-        results["redis"] = redis_bytes(args.redis_items, args.seed, model, work)
+        results["redis"] = redis_bytes(args.redis_items, args.seed, work)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,9 +429,9 @@ def print_summary(results: dict[str, Any]) -> None:
     n = results["settings"]["items"]
     load = results["load"]
     print(
-        f"\n{n:,} works: stored in {load['seconds']:.0f} s "
-        f"({load['works_per_s_written']:,.0f} works/s through Store.upsert_items); "
-        f"SQLite {results['sqlite']['bytes_per_work']:,.0f} bytes per work, "
+        f"\n{n:,} works: loaded in {load['seconds']:.0f} s "
+        f"({load['works_per_s']:,.0f} works/s through python -m service load, generating "
+        f"them included); SQLite {results['sqlite']['bytes_per_work']:,.0f} bytes per work, "
         f"index snapshot {results['snapshot_bytes_per_work']:,.0f} bytes per work"
     )
     if "redis" in results:

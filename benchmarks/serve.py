@@ -145,8 +145,11 @@ def cpu_seconds(pids: list[int]) -> float:
 class Service:
     """`python -m service` in its own session at log level info, its stderr kept in a file."""
 
-    def __init__(self, database: Path | str, workers: int, log: Path, model_dir: Path) -> None:
-        """`database`: a SQLite file, or any store URL (benchmarks/soak.py serves Redis)."""
+    def __init__(
+        self, database: Path | str, workers: int, log: Path, model_dir: Path, checkout: Path = ROOT
+    ) -> None:
+        """`database`: a SQLite file, or any store URL (benchmarks/soak.py serves Redis);
+        `checkout`: the source tree whose service runs (benchmarks/ingest.py --before)."""
         self.workers, self.log = workers, log
         self.url = f"http://127.0.0.1:{free_port()}"
         environment = {
@@ -163,7 +166,7 @@ class Service:
         with log.open("w") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "service"],
-                cwd=ROOT,
+                cwd=checkout,
                 env=environment,
                 stdout=subprocess.DEVNULL,  # uvicorn's access log
                 stderr=stderr,

@@ -12,12 +12,23 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from service import load as loading
 from service.app import LOG_FORMAT
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from curatornet.model_loader import LoadOptions
+    from service.indexing import CatalogueIndex
+    from service.stores.base import Store
+
+log = logging.getLogger("service")
 
 OPTIONS = {
     "host": "CURATORNET_HOST",
@@ -45,13 +56,53 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="load the synthetic art market as --demo does, then exit without serving",
     )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    loader = commands.add_parser(
+        "load",
+        help="load a whole catalogue from NDJSON files into the store, then exit",
+        description=loading.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    loader.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="NDJSON, one work per line as POST /items takes one; - for standard input",
+    )
+    # SUPPRESS: given before `load`, these stay as given.
+    loader.add_argument(
+        "--store-url",
+        default=argparse.SUPPRESS,
+        help="the store to load into (CURATORNET_STORE_URL)",
+    )
+    loader.add_argument(
+        "--model-dir",
+        default=argparse.SUPPRESS,
+        help="the model to embed with when the store has none yet (services serving the "
+        "store decide otherwise)",
+    )
+    loader.add_argument(
+        "--batch-items",
+        type=int,
+        default=loading.BATCH_ITEMS,
+        help=f"lines per transaction, all or nothing (default {loading.BATCH_ITEMS})",
+    )
+    loader.add_argument(
+        "--check",
+        action="store_true",
+        help="read, check and embed every line, report every bad one, write nothing",
+    )
     args = parser.parse_args(argv)
+    if args.command == "load" and args.batch_items < 1:
+        parser.error("--batch-items must be at least 1")
     for option, variable in OPTIONS.items():
         value = getattr(args, option)
         if value is not None:
             os.environ[variable] = str(value)
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    if args.command == "load":
+        return _load(settings, args.files, args.batch_items, args.check)
     if args.demo or args.demo_only:
         _load_demo(settings)
     if args.demo_only:
@@ -84,25 +135,63 @@ def _serve(settings: Settings) -> None:
         uvicorn.Server(config).run(sockets=[sock])
 
 
-def _load_demo(settings: Settings) -> None:
+@contextmanager
+def _offline(settings: Settings) -> Iterator[tuple[Store, CatalogueIndex, LoadOptions]]:
+    """The store and an index of it, for a command that writes to the store without serving:
+    with every core for ONNX Runtime (a first demo runs the image encoder over the whole
+    market, a load embeds a whole catalogue), and a model that cannot serve it an error."""
     from curatornet.model_format import ModelError
-    from service.demo import load_demo_market
     from service.index import ItemIndex
     from service.indexing import CatalogueIndex, FeatureDimensionMismatch
-    from service.rollout import ModelRollouts
     from service.stores import open_store
 
-    # Every core for ONNX Runtime: a first demo runs the image encoder over the whole market.
     options = dataclasses.replace(settings.model_loading(), threads=None)
     store = open_store(settings.store_url, settings.sqlite_synchronous)
     try:
-        catalogue = CatalogueIndex(store, ItemIndex)
-        ModelRollouts(store, catalogue, options).start(settings.model_dir)
-        load_demo_market(store, catalogue, demo_dir=settings.demo_dir)
+        yield store, CatalogueIndex(store, ItemIndex), options
     except (ModelError, FeatureDimensionMismatch) as error:
         raise SystemExit(f"error: {error}") from None
     finally:
         store.close()
+
+
+def _load_demo(settings: Settings) -> None:
+    from service.demo import load_demo_market
+    from service.rollout import ModelRollouts
+
+    with _offline(settings) as (store, catalogue, options):
+        ModelRollouts(store, catalogue, options).start(settings.model_dir)
+        load_demo_market(store, catalogue, demo_dir=settings.demo_dir)
+
+
+def _load(settings: Settings, files: list[str], batch_items: int, check: bool) -> int:
+    from curatornet.model_loader import load_model
+    from service.rollout import model_dir_served
+
+    with _offline(settings) as (store, catalogue, options):
+        build = catalogue.switch_model(
+            load_model(model_dir_served(store, settings.model_dir), options)
+        )
+        log.info("embedding with model %s from %s", build.version, build.model_dir)
+        try:
+            loaded = loading.load(files, catalogue, settings, batch_items, check)
+        except loading.LoadRefused as refused:
+            print(f"error: {refused}", file=sys.stderr)
+            if check:
+                print("nothing was written (--check)", file=sys.stderr)
+            else:
+                print(
+                    f"nothing of the batch holding it was written; the {refused.written} works "
+                    "before it were",
+                    file=sys.stderr,
+                )
+            return 1
+        except OSError as error:
+            raise SystemExit(f"error: {error}") from None
+    done = "checked" if check else f"loaded ({loaded.created} new, {loaded.updated} replaced)"
+    rate = loaded.works / loaded.seconds if loaded.seconds else 0.0
+    print(f"{loaded.works} works {done} in {loaded.seconds:.2f} s: {rate:.0f} works/s")
+    return 0
 
 
 if __name__ == "__main__":

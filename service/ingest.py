@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from curatornet.image_encoder import preprocess
@@ -39,6 +40,7 @@ MAX_ASPECT_RATIO = 20
 # Indexed works below which the catalogue's median embedding length is not trusted to judge
 # an upload's: a first few works of any length are accepted (if finite).
 MIN_NORM_CATALOGUE = 10
+NOT_FINITE = "NaN or infinite values are not features"
 
 
 class ImageError(ValueError):
@@ -100,7 +102,7 @@ class Upload:
     edition_size: int | None
     stock: int | None
     metadata: dict[str, Any]
-    features: list[float] | None = None
+    features: list[float] | np.ndarray | None = None
     features_b64: str | None = None
     image_b64: str | None = None
     image: bytes | None = None
@@ -138,34 +140,60 @@ def ingest(
     uploads: list[Upload], serving: Serving, catalogue: CatalogueIndex, settings: Settings
 ) -> Ingested:
     """Check, embed, store and index a request's uploads, or raise UploadRefused."""
-    model = serving.model
+    items = embed(prepare(uploads, serving.model, settings), serving, settings)
+    result = catalogue.upsert_items(items)
+    return Ingested(result.created, result.updated, len(catalogue.serving.index))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Uploads that passed every check that needs no embedding, with their features."""
+
+    uploads: list[Upload]
+    features: np.ndarray  # float32 [N, F]: the vectors sent, or the pictures' encodings
+    fields: list[str]  # where each upload's features came from
+    web: dict[int, Picture]  # the web-sized copies of uploaded pictures, which the store keeps
+
+
+def prepare(uploads: list[Upload], model: LoadedModel, settings: Settings) -> Prepared:
+    """Check every upload against `model` and the limits, and encode its pictures; raise
+    UploadRefused naming each problem of each upload, in upload order.
+
+    Vectors are checked as one matrix, not one by one: a bulk load checks thousands of
+    2048-d works a second.
+    """
     problems: list[Problem] = []
-    vectors: list[np.ndarray] = []
+    features = np.zeros((len(uploads), model.feature_dim), np.float32)
+    found: list[Problem | None] = []  # each upload's problem with its features, if any
+    vectors: list[int] = []  # uploads whose vector has the right size: checked as a matrix
     pictures: dict[int, np.ndarray] = {}  # preprocessed at once: full-size pixels never pile up
-    web: dict[int, Picture] = {}  # the web-sized copies the store keeps
-    seen: dict[str, int] = {}
-    fields: list[str] = []  # where each upload's features came from
-    largest = settings.max_feature_magnitude
+    web: dict[int, Picture] = {}
+    fields: list[str] = []
     for n, upload in enumerate(uploads):
         if upload.image is not None or upload.image_b64 is not None:
             fields.append("image" if upload.image is not None else "image_b64")
-            vectors.append(np.zeros(model.feature_dim, np.float32))  # filled in once all pass
+            found.append(None)
             try:
                 pictures[n], web[n] = _picture(upload, model, settings)
             except ImageError as error:
-                problems.append(Problem(n, (fields[n],), str(error), error.status))
+                found[n] = Problem(n, (fields[n],), str(error), error.status)
         else:
             vector, field, problem = _vector(upload, model.feature_dim)
             fields.append(field)
-            vectors.append(vector)
-            if problem:
-                problems.append(Problem(n, (field,), problem))
-            elif not np.isfinite(vector).all():
-                bad = int(np.flatnonzero(~np.isfinite(vector))[0])
-                problems.append(Problem(n, (field, bad), "NaN or infinite values are not features"))
-            elif (far := np.flatnonzero(np.abs(vector) > largest)).size:
-                message = f"{vector[far[0]]:g} is beyond ±{largest:g}: no encoder gives such values"
-                problems.append(Problem(n, (field, int(far[0])), message))
+            found.append(None if problem is None else Problem(n, (field,), problem))
+            if problem is None:
+                features[n] = vector
+                vectors.append(n)
+    if vectors:
+        largest = settings.max_feature_magnitude
+        rows = features if len(vectors) == len(uploads) else features[vectors]
+        for row, position, message in _out_of_bounds(rows, largest):
+            n = vectors[row]
+            found[n] = Problem(n, (fields[n], position), message)
+    seen: dict[str, int] = {}
+    for n, upload in enumerate(uploads):
+        if (features_problem := found[n]) is not None:
+            problems.append(features_problem)
         size = len(json.dumps(upload.metadata))
         if size > settings.max_metadata_bytes:
             limit = settings.max_metadata_bytes
@@ -176,10 +204,35 @@ def ingest(
     if problems:
         raise UploadRefused(problems)
     if pictures and model.image_encoder is not None:
-        encoded = model.image_encoder.encode_pixels(np.stack(list(pictures.values())))
-        for n, features in zip(pictures, encoded, strict=True):
-            vectors[n] = features
-    embeddings = model.embed_items(np.stack(vectors))
+        features[list(pictures)] = model.image_encoder.encode_pixels(
+            np.stack(list(pictures.values()))
+        )
+    return Prepared(uploads, features, fields, web)
+
+
+def _out_of_bounds(vectors: np.ndarray, largest: float) -> list[tuple[int, int, str]]:
+    """(row, position, why) for each row of `vectors` holding a value that is not finite or
+    beyond ±`largest`, naming the first such value."""
+    # Row maxima and minima first (NaN fails both comparisons): no temporary the size of the
+    # batch unless a row is refused.
+    suspect = ~((vectors.max(axis=1) <= largest) & (vectors.min(axis=1) >= -largest))
+    refused = []
+    for row in map(int, np.flatnonzero(suspect)):
+        finite = np.isfinite(vectors[row])
+        if not finite.all():
+            refused.append((row, int(np.argmin(finite)), NOT_FINITE))
+        else:
+            far = int(np.argmax(np.abs(vectors[row]) > largest))
+            message = f"{vectors[row, far]:g} is beyond ±{largest:g}: no encoder gives such values"
+            refused.append((row, far, message))
+    return refused
+
+
+def embed(prepared: Prepared, serving: Serving, settings: Settings) -> list[NewItem]:
+    """The prepared uploads embedded by the model of `serving`, as the store takes them; raise
+    UploadRefused for works whose embedding is not finite or outsized (`_outsized`)."""
+    model, fields, uploads = serving.model, prepared.fields, prepared.uploads
+    embeddings = model.embed_items(prepared.features)
     # A model can still overflow on features inside the bound: such a work could never be
     # scored, and its buyers' histories would turn NaN.
     broken = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
@@ -189,25 +242,22 @@ def ingest(
     outsized = _outsized(uploads, embeddings, serving, settings.max_norm_ratio)
     if outsized:
         raise UploadRefused([Problem(n, (fields[n],), message) for n, message in outsized])
-    result = catalogue.upsert_items(
-        [
-            NewItem(
-                u.id,
-                u.artist_id,
-                features,
-                embedding,
-                u.edition_size,
-                u.stock,
-                u.metadata,
-                model.version,
-                web.get(n),
-            )
-            for n, (u, features, embedding) in enumerate(
-                zip(uploads, vectors, embeddings, strict=True)
-            )
-        ]
-    )
-    return Ingested(result.created, result.updated, len(catalogue.serving.index))
+    return [
+        NewItem(
+            u.id,
+            u.artist_id,
+            features,
+            embedding,
+            u.edition_size,
+            u.stock,
+            u.metadata,
+            model.version,
+            prepared.web.get(n),
+        )
+        for n, (u, features, embedding) in enumerate(
+            zip(uploads, prepared.features, embeddings, strict=True)
+        )
+    ]
 
 
 def _outsized(
@@ -237,7 +287,7 @@ def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | No
     """The float32 vector, the field it came from, and what is wrong with its size if anything."""
     if upload.features_b64 is not None:
         try:
-            raw = base64.b64decode(upload.features_b64, validate=True)
+            raw = b64decode(upload.features_b64)
         except ValueError as error:  # binascii.Error, or text that is not ASCII
             return np.zeros(0, np.float32), "features_b64", f"not base64 ({error})"
         if len(raw) != 4 * feature_dim:
@@ -251,6 +301,18 @@ def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | No
     return features, "features", None
 
 
+def b64decode(text: str) -> bytes:
+    """`base64.b64decode(text, validate=True)`, by pybase64's SIMD decoder: 2 µs rather than 50
+    for a 2048-d vector, the largest single cost of a bulk load of base64 features. pybase64
+    accepts only what the standard library accepts, and refuses a little more (padding after
+    a complete group, which the library takes): what it refuses, the library decides, so the
+    bytes and every error message are the library's."""
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error included
+        return base64.b64decode(text, validate=True)
+
+
 def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> tuple[np.ndarray, Picture]:
     """The upload's picture decoded once, preprocessed for the model's encoder and copied at
     web size for the store."""
@@ -262,7 +324,7 @@ def _picture(upload: Upload, model: LoadedModel, settings: Settings) -> tuple[np
     data = upload.image
     if data is None:
         try:
-            data = base64.b64decode(upload.image_b64 or "", validate=True)
+            data = b64decode(upload.image_b64 or "")
         except ValueError as error:  # binascii.Error, or text that is not ASCII
             raise ImageError(f"not base64 ({error})") from None
     image = decode(data, settings.max_image_bytes, settings.max_image_pixels, upload.image_type)

@@ -39,6 +39,14 @@ def model_dir_at_start(store: Store, configured: Path) -> Path:
     return Path(chosen)
 
 
+def model_dir_served(store: Store, configured: Path) -> Path:
+    """The model directory the store's services serve, else (a store no service has started
+    on) `configured`; unlike `model_dir_at_start`, it changes nothing, so that a bulk load
+    embeds with the fleet's model and never rolls another one out."""
+    chosen = store.get_setting(CHOSEN)
+    return Path(chosen) if chosen else configured
+
+
 class ModelRollouts:
     """Every switch of this process's model: at start-up, through the admin endpoint, after
     another process rolled one out, and the rebuild of the same model's index after the store

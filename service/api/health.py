@@ -21,7 +21,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """The process answers; says nothing about the model or the store."""
     return {"status": "ok"}
 

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Body, Form, Header, HTTPException, Path, Query, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +22,8 @@ from pydantic import (
     Json,
     StrictFloat,
     Tag,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 
@@ -133,8 +136,19 @@ class ItemFields(BaseModel):
         return self
 
 
+def _read_as_numbers(value: Any, validate: ValidatorFunctionWrapHandler) -> Any:
+    """A float32 array is a flat array of JSON numbers that the body's parser read as one
+    (service.upload_json): what list[StrictFloat] accepts, already converted, so it is taken
+    as it is rather than checked one number at a time."""
+    return value if isinstance(value, np.ndarray) else validate(value)
+
+
+# In the OpenAPI document, an array of numbers.
+FeatureList = Annotated[list[StrictFloat], WrapValidator(_read_as_numbers)]
+
+
 class ItemIn(ItemFields):
-    features: list[StrictFloat] | None = Field(
+    features: FeatureList | None = Field(
         None, description="the model's feature vector (GET /model: feature_dim numbers)"
     )
     features_b64: str | None = Field(

@@ -44,6 +44,9 @@ from service.stores.base import (
     as_blob,
     as_vector,
     cursor_position,
+    feature_count,
+    features_blobs,
+    features_vector,
     replay,
 )
 
@@ -78,8 +81,9 @@ end
 
 local function rank(created_at, key, id)
   local bits = struct.pack('>d', tonumber(created_at))
-  local hex = bits:gsub('.', function(c) return string.format('%02x', c:byte()) end)
-  return hex .. string.format('%020d', tonumber(key)) .. id
+  -- bits:byte(1, 8) last in the call: only there does Lua pass on all eight of its values
+  return string.format('%02x%02x%02x%02x%02x%02x%02x%02x', bits:byte(1, 8))
+    .. string.format('%020d', tonumber(key)) .. id
 end
 
 -- Brings the for-sale sets in line with the item's hash, after any change to it.
@@ -125,42 +129,76 @@ end
 if #exhausted > 0 then
   return {'exhausted', exhausted}
 end
+-- Each work's key: stored, or for a new one (the first time the batch gives it) one of those
+-- a single INCRBY draws for all of them.
+local keys_of, fresh = {}, 0
+for i = 3, #ARGV, 10 do
+  local id = ARGV[i]
+  if keys_of[id] == nil then
+    keys_of[id] = redis.call('HGET', item_key(id), 'key')
+    if not keys_of[id] then
+      fresh = fresh + 1
+    end
+  end
+end
+local next_key = redis.call('INCRBY', prefix .. 'key_counter', fresh) - fresh
+local listed, live = {}, {}  -- new works' `keys` entries and `live` members, added in bulk
 local result = {}
 for i = 3, #ARGV, 10 do
   local id, artist, features, embedding, edition, stock, metadata, version, picture, kind =
     unpack(ARGV, i, i + 9)
   local item = item_key(id)
-  local key = redis.call('HGET', item, 'key')
-  local created = 0
+  local key = keys_of[id]
   if not key then
-    key = redis.call('INCR', prefix .. 'key_counter')
-    redis.call('HSET', item, 'key', key, 'id', id, 'sold', 0, 'created_at', now)
-    redis.call('HSET', prefix .. 'keys', key, id)
-    created = 1
-  end
-  if stock == '' then
-    -- unspecified: a new work offers its edition; a replaced one keeps what is left unsold
-    local units = tonumber(edition) or 1
-    if created == 1 then
-      stock = units
-    else
-      local left = units - tonumber(redis.call('HGET', item, 'sold'))
-      stock = math.min(tonumber(redis.call('HGET', item, 'stock')), math.max(left, 0))
+    -- A new work, written in one HSET: nothing to read back, no picture or for-sale entry
+    -- of an earlier version to take out. Unspecified stock: the edition.
+    next_key = next_key + 1
+    key = string.format('%d', next_key)
+    keys_of[id] = key
+    if stock == '' then
+      stock = string.format('%d', tonumber(edition) or 1)
     end
-    stock = string.format('%d', stock)  -- as digits: Lua would write 1e+17 for a large one
-  end
-  redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
-    'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
-    'deleted', 0, 'model_version', version)
-  if picture == '' then
-    redis.call('DEL', prefix .. 'picture:' .. id)
+    redis.call('HSET', item, 'key', key, 'id', id, 'sold', 0, 'created_at', now,
+      'artist_id', artist, 'features', features, 'embedding', embedding,
+      'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
+      'deleted', 0, 'model_version', version)
+    if picture ~= '' then
+      redis.call('HSET', prefix .. 'picture:' .. id, 'data', picture, 'type', kind)
+    end
+    if tonumber(stock) > 0 then
+      redis.call('ZADD', prefix .. 'newest', now, rank(now, key, id))
+    end
+    table.insert(listed, key)
+    table.insert(listed, id)
+    table.insert(live, id)
+    table.insert(result, {tonumber(key), 1})
   else
-    redis.call('HSET', prefix .. 'picture:' .. id, 'data', picture, 'type', kind)
+    if stock == '' then
+      -- unspecified: a replaced work keeps what is left unsold
+      local left = (tonumber(edition) or 1) - tonumber(redis.call('HGET', item, 'sold'))
+      stock = math.min(tonumber(redis.call('HGET', item, 'stock')), math.max(left, 0))
+      stock = string.format('%d', stock)  -- as digits: Lua would write 1e+17 for a large one
+    end
+    redis.call('HSET', item, 'artist_id', artist, 'features', features, 'embedding', embedding,
+      'edition_size', edition, 'stock', stock, 'metadata', metadata, 'updated_at', now,
+      'deleted', 0, 'model_version', version)
+    if picture == '' then
+      redis.call('DEL', prefix .. 'picture:' .. id)
+    else
+      redis.call('HSET', prefix .. 'picture:' .. id, 'data', picture, 'type', kind)
+    end
+    redis.call('SADD', prefix .. 'live', id)
+    refresh(id)
+    table.insert(result, {tonumber(key), 0})
   end
-  redis.call('SADD', prefix .. 'live', id)
-  refresh(id)
   log_change(key)
-  table.insert(result, {tonumber(key), created})
+end
+-- In slices: unpack puts every value on Lua's stack, which holds about 8,000.
+for first = 1, #listed, 1000 do
+  redis.call('HSET', prefix .. 'keys', unpack(listed, first, math.min(first + 999, #listed)))
+end
+for first = 1, #live, 1000 do
+  redis.call('SADD', prefix .. 'live', unpack(live, first, math.min(first + 999, #live)))
 end
 return {'ok', result}
 """
@@ -357,7 +395,7 @@ def _hash_to_item(fields: dict[bytes, bytes]) -> Item:
         key=int(fields[b"key"]),
         id=fields[b"id"].decode(),
         artist_id=fields[b"artist_id"].decode(),
-        features=as_vector(fields[b"features"]),
+        features=features_vector(fields[b"features"]),
         embedding=as_vector(fields[b"embedding"]),
         edition_size=_count(edition) if edition else None,
         stock=_count(fields[b"stock"]),
@@ -418,11 +456,12 @@ class RedisStore(Store):
         # Everything that can fail (encoding) happens here, before the script writes anything.
         now = time.time()
         args: list[str | bytes | int | float] = [PREFIX, now]
-        for item in items:
+        blobs = features_blobs([item.features for item in items])
+        for item, features in zip(items, blobs, strict=True):
             args += [
                 item.id,
                 item.artist_id,
-                as_blob(item.features),
+                features,
                 as_blob(item.embedding),
                 "" if item.edition_size is None else int(item.edition_size),
                 "" if item.stock is None else int(item.stock),
@@ -479,7 +518,7 @@ class RedisStore(Store):
 
     def features(self, item_ids: list[str]) -> dict[str, np.ndarray]:
         rows = self._fields(item_ids, "features")
-        return {item_id: as_vector(blob) for item_id, (blob,) in rows if blob is not None}
+        return {item_id: features_vector(blob) for item_id, (blob,) in rows if blob is not None}
 
     def set_embeddings(self, rows: list[tuple[int, float, np.ndarray]], model_version: str) -> int:
         written = 0
@@ -496,7 +535,8 @@ class RedisStore(Store):
         if key is None:
             return None
         item_id = self._redis.hget(KEYS, key)
-        return self._redis.hstrlen(_item_key(item_id.decode()), "features") // 4
+        blob = self._redis.hget(_item_key(item_id.decode()), "features")
+        return feature_count(blob, len(blob))
 
     def get_setting(self, name: str) -> str | None:
         value = self._redis.hget(SETTINGS, name)

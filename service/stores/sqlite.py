@@ -35,6 +35,9 @@ from service.stores.base import (
     UpsertResult,
     as_blob,
     as_vector,
+    feature_count,
+    features_blobs,
+    features_vector,
     replay,
 )
 
@@ -57,20 +60,25 @@ def is_outage(error: Exception) -> bool:
 
 
 SCHEMA = """
+-- The features, the one large column, come last: a row longer than a page keeps only its
+-- first few hundred bytes on the table's own page and the rest in overflow pages, so every
+-- other column stays on the table's page, and reading the catalogue (embeddings and all)
+-- never pages through the features. Stores made before have them fourth; every query names
+-- its columns.
 CREATE TABLE IF NOT EXISTS items (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     artist_id TEXT NOT NULL,
-    features BLOB NOT NULL,
     embedding BLOB NOT NULL,
     edition_size INTEGER,
     stock INTEGER NOT NULL,
     sold INTEGER NOT NULL DEFAULT 0,
-    metadata TEXT NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
-    model_version TEXT NOT NULL DEFAULT ''
+    model_version TEXT NOT NULL DEFAULT '',
+    metadata TEXT NOT NULL,
+    features BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_by_sales ON items (sold);
 CREATE INDEX IF NOT EXISTS items_by_age ON items (created_at);
@@ -137,7 +145,7 @@ def _row_to_item(row: tuple) -> Item:
         key=key,
         id=id_,
         artist_id=artist,
-        features=as_vector(features),
+        features=features_vector(features),
         embedding=as_vector(embedding),
         edition_size=edition,
         stock=stock,
@@ -147,6 +155,40 @@ def _row_to_item(row: tuple) -> Item:
         updated_at=updated,
         deleted=bool(gone),
     )
+
+
+def _columns(item: NewItem, features: bytes) -> tuple:
+    """What every write of `item` sets: artist_id, features (stored as `features`), embedding,
+    edition_size, metadata, model_version."""
+    return (
+        item.artist_id,
+        features,
+        as_blob(item.embedding),
+        item.edition_size,
+        json.dumps(item.metadata),
+        item.model_version,
+    )
+
+
+def _initial_stock(item: NewItem) -> int:
+    """A new work offers what its upload says, else its whole edition (1: one-of-a-kind)."""
+    return item.stock if item.stock is not None else (item.edition_size or 1)
+
+
+def _distinct_runs(items: list[NewItem]) -> Iterator[list[NewItem]]:
+    """The batch cut before each id that repeats within it: each run is written in bulk, and an
+    id given twice is inserted by one run and replaced by the next, as one write per work
+    would have done."""
+    run: list[NewItem] = []
+    ids: set[str] = set()
+    for item in items:
+        if item.id in ids:
+            yield run
+            run, ids = [], set()
+        run.append(item)
+        ids.add(item.id)
+    if run:
+        yield run
 
 
 class SQLiteStore(Store):
@@ -187,60 +229,77 @@ class SQLiteStore(Store):
             return self._db.execute(sql, params).fetchall()
 
     def upsert_items(self, items: list[NewItem]) -> UpsertResult:
+        """One transaction, a few statements per batch (executemany), not per item: a bulk
+        load writes thousands of works a second."""
         now = time.time()
-        created, updated, keys = [], [], []
+        created: list[str] = []
+        updated: list[str] = []
+        keys: list[int] = []
         with self._write() as db:
+            sold = dict(self._where_id_in(db, "id, sold", [i.id for i in items]))
             exhausted = [
-                i.id for i in items if i.stock is not None and self._unsold(db, i) < i.stock
+                i.id
+                for i in items
+                if i.stock is not None and (i.edition_size or 1) - sold.get(i.id, 0) < i.stock
             ]
             if exhausted:
                 raise EditionExhaustedError(exhausted)
-            for item in items:
-                values = (
-                    item.artist_id,
-                    as_blob(item.features),
-                    as_blob(item.embedding),
-                    item.edition_size,
-                    item.stock,
-                    json.dumps(item.metadata),
-                    item.model_version,
-                    now,
-                )
+            for run in _distinct_runs(items):
+                features = features_blobs([i.features for i in run])
+                blobs = dict(zip([i.id for i in run], features, strict=True))
+                stored = {id_ for (id_,) in self._where_id_in(db, "id", [i.id for i in run])}
+                replaced = [i for i in run if i.id in stored]
+                new = [i for i in run if i.id not in stored]
                 # An unspecified stock keeps what is left, within what the edition leaves unsold.
-                row = db.execute(
+                db.executemany(
                     "UPDATE items SET artist_id = ?, features = ?, embedding = ?, "
-                    "edition_size = ?, stock = COALESCE(?, MIN(stock, MAX(COALESCE(?, 1) - sold, "
-                    "0))), metadata = ?, model_version = ?, updated_at = ?, deleted = 0 "
-                    "WHERE id = ? RETURNING key",
-                    (*values[:5], item.edition_size, *values[5:], item.id),
-                ).fetchone()
-                if row is None:
-                    initial = item.stock if item.stock is not None else (item.edition_size or 1)
-                    row = db.execute(
-                        "INSERT INTO items (artist_id, features, embedding, edition_size, stock, "
-                        "metadata, model_version, updated_at, created_at, id) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING key",
-                        (*values[:4], initial, *values[5:], now, item.id),
-                    ).fetchone()
-                    created.append(item.id)
-                else:
-                    updated.append(item.id)
-                keys.append(row[0])
-                if item.picture is None:
-                    db.execute("DELETE FROM pictures WHERE key = ?", (row[0],))
-                else:
-                    db.execute(
-                        "INSERT OR REPLACE INTO pictures (key, media_type, data) VALUES (?, ?, ?)",
-                        (row[0], item.picture.media_type, item.picture.data),
-                    )
+                    "edition_size = ?, metadata = ?, model_version = ?, "
+                    "stock = COALESCE(?, MIN(stock, MAX(COALESCE(?, 1) - sold, 0))), "
+                    "updated_at = ?, deleted = 0 WHERE id = ?",
+                    [
+                        (*_columns(i, blobs[i.id]), i.stock, i.edition_size, now, i.id)
+                        for i in replaced
+                    ],
+                )
+                db.executemany(
+                    "INSERT INTO items (artist_id, features, embedding, edition_size, metadata, "
+                    "model_version, stock, updated_at, created_at, id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(*_columns(i, blobs[i.id]), _initial_stock(i), now, now, i.id) for i in new],
+                )
+                key_of = dict(self._where_id_in(db, "id, key", [i.id for i in run]))
+                run_keys = [key_of[i.id] for i in run]
+                # Only a replaced work can have had a picture: keys are never reused.
+                db.executemany(
+                    "DELETE FROM pictures WHERE key = ?",
+                    [
+                        (key,)
+                        for i, key in zip(run, run_keys, strict=True)
+                        if i.picture is None and i.id in stored
+                    ],
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO pictures (key, media_type, data) VALUES (?, ?, ?)",
+                    [
+                        (key, i.picture.media_type, i.picture.data)
+                        for i, key in zip(run, run_keys, strict=True)
+                        if i.picture is not None
+                    ],
+                )
+                created += [i.id for i in new]
+                updated += [i.id for i in replaced]
+                keys += run_keys
             db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in keys])
         return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
 
     @staticmethod
-    def _unsold(db: sqlite3.Connection, item: NewItem) -> int:
-        """What `item`'s edition (1 for one-of-a-kind) leaves after the units already sold."""
-        row = db.execute("SELECT sold FROM items WHERE id = ?", (item.id,)).fetchone()
-        return (item.edition_size or 1) - (row[0] if row else 0)
+    def _where_id_in(db: sqlite3.Connection, columns: str, item_ids: list[str]) -> list[tuple]:
+        """`columns` of the items among `item_ids`, in one statement however many there are
+        (a JSON array, not one SQL variable per id)."""
+        return db.execute(
+            f"SELECT {columns} FROM items WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(item_ids),),
+        ).fetchall()
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         condition = "1" if include_deleted else "deleted = 0"
@@ -271,7 +330,8 @@ class SQLiteStore(Store):
         return {id_: as_vector(blob) for id_, blob, version in rows if version == model_version}
 
     def features(self, item_ids: list[str]) -> dict[str, np.ndarray]:
-        return {id_: as_vector(blob) for id_, blob in self._select_ids("id, features", item_ids)}
+        rows = self._select_ids("id, features", item_ids)
+        return {id_: features_vector(blob) for id_, blob in rows}
 
     def set_embeddings(self, rows: list[tuple[int, float, np.ndarray]], model_version: str) -> int:
         with self._write() as db:
@@ -283,8 +343,8 @@ class SQLiteStore(Store):
             return cursor.rowcount
 
     def feature_dim(self) -> int | None:
-        rows = self._read("SELECT length(features) FROM items LIMIT 1")
-        return rows[0][0] // 4 if rows else None
+        rows = self._read("SELECT substr(features, 1, 4), length(features) FROM items LIMIT 1")
+        return feature_count(*rows[0]) if rows else None
 
     def get_setting(self, name: str) -> str | None:
         rows = self._read("SELECT value FROM settings WHERE name = ?", (name,))

@@ -71,3 +71,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     database = next(_next_database)
     redis.Redis.from_url(f"{server}/{database}").flushdb()
     return f"{server}/{database}"
+
+
+@pytest.fixture
+def second_store_url(request: pytest.FixtureRequest, store_url: str, tmp_path: Path) -> str:
+    """Another fresh store of the kind `store_url` is: two ways of filling a store compared."""
+    if store_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'second.db'}"
+    server = request.getfixturevalue("redis_server")
+    database = next(_next_database)
+    redis.Redis.from_url(f"{server}/{database}").flushdb()
+    return f"{server}/{database}"
