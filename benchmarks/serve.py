@@ -643,6 +643,7 @@ def bench_size(
         compared["model_one_at_a_time_again"] = again
         compared["model_p50_over_compared_p50"] = again["p50_ms"] / other["p50_ms"]
     on_redis = on_a_redis_server(n_items, baskets, args, work) if args.redis else None
+    before = against_before(n_items, baskets, args, work) if args.before else None
     print(f"... N={n_items}: the naive way (Keras + numpy, in process)", flush=True)
     naive_result = naive.benchmark(n_items, baskets, args.requests, args.seed)
     for run in runs:
@@ -660,7 +661,35 @@ def bench_size(
         "runs": runs,
         "compared": compared,
         "redis": on_redis,
+        "before": before,
         "naive": naive_result,
+    }
+
+
+def against_before(
+    n_items: int, baskets: list[np.ndarray], args: argparse.Namespace, work: Path
+) -> dict[str, Any]:
+    """The same catalogue and purchases served by an earlier checkout (`--before`, on a store
+    of its own, as its store format may differ), then one request at a time on it and on this
+    checkout, back to back: the change in server CPU per request, measured in one run."""
+    print(f"... N={n_items}: 1 worker of {args.before}, one at a time", flush=True)
+    database = work / f"before-{n_items}.db"
+    log = work / f"before-{n_items}.log"
+    with Service(database, 1, log, args.model_dir, args.before) as service:
+        ingest(service, n_items, args.seed)
+        asyncio.run(record_purchases(service.url, baskets, args.concurrency))
+    with Service(database, 1, log, args.model_dir, args.before) as service:
+        earlier = one_at_a_time(service, args.users, args.requests, args.seed)
+    print(f"... N={n_items}: 1 worker of this checkout again, one at a time", flush=True)
+    log = work / f"now-{n_items}.log"
+    with Service(work / f"catalogue-{n_items}.db", 1, log, args.model_dir) as service:
+        now = one_at_a_time(service, args.users, args.requests, args.seed)
+    return {
+        "checkout": str(args.before),
+        "before_one_at_a_time": earlier,
+        "now_one_at_a_time": now,
+        "cpu_before_over_now": earlier["server_cpu_ms_per_request"]
+        / now["server_cpu_ms_per_request"],
     }
 
 
@@ -773,6 +802,16 @@ def print_table(results: dict[str, Any]) -> None:
                 f"{on_redis['redis_cpu_ms_per_request']:.3f} ms of CPU per request; it holds "
                 f"{on_redis['redis_bytes_per_item']:.0f} bytes per work"
             )
+        if size.get("before"):
+            before = size["before"]
+            earlier, now = before["before_one_at_a_time"], before["now_one_at_a_time"]
+            print(
+                f"1 worker one-by-one, {before['checkout']} then this checkout: server CPU "
+                f"{earlier['server_cpu_ms_per_request']:.2f} against "
+                f"{now['server_cpu_ms_per_request']:.2f} ms per request "
+                f"({before['cpu_before_over_now']:.1f}x), p50 {earlier['p50_ms']:.2f} against "
+                f"{now['p50_ms']:.2f} ms"
+            )
         for name, figures in size["naive"].items():
             ratios = ", ".join(
                 f"{run['naive_p50_over_service_p50'][name]['one_at_a_time']:.2f}x "
@@ -826,6 +865,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also serve each catalogue from a real redis-server (needs redis-server installed) "
         "and measure what a recommendation costs Redis",
+    )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        default=None,
+        help="a checkout of an earlier release (e.g. `git archive REV | tar -x -C DIR`) to "
+        "serve the same catalogue with, one request at a time, beside this one",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: --sizes 2000 --duration 3")
     args = parser.parse_args(argv)

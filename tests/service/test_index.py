@@ -158,3 +158,22 @@ def test_median_norm_follows_the_catalogue(kind: str) -> None:
     assert index.median_norm() == pytest.approx(4.0)
     index.remove(list(range(10, 410)))
     assert index.median_norm() == pytest.approx(0.5)  # the lengths left: 1, 2, three of 0.5
+
+
+def test_after_removals_the_exact_index_still_ranks_exactly() -> None:
+    """Removed works leave tombstones behind (below the compaction share): searches skip them
+    and rank the rest exactly, with exclusions and artists left out too."""
+    data = catalogue(200, seed=4)
+    index = filled("flat", data)
+    removed = {f"i{j}" for j in range(0, 200, 9)}  # 23 of 200, under a fifth
+    index.remove([100 + int(i[1:]) for i in removed])
+    queries = np.random.default_rng(5).normal(size=(4, DIM)).astype(np.float32)
+    keep = lambda j: data.item_ids[j] not in removed  # noqa: E731
+    assert [h.item_id for h in index.search(queries, 15)] == brute_force(data, queries, 15, keep)
+    excluded = {"i1", "i2"}
+    found = index.search(queries, 15, excluded, None, {"a4"})
+    keep_filtered = lambda j: (  # noqa: E731
+        keep(j) and data.item_ids[j] not in excluded and data.artist_ids[j] != "a4"
+    )
+    assert [h.item_id for h in found] == brute_force(data, queries, 15, keep_filtered)
+    assert len(index.search(queries, 500)) == 200 - len(removed)
