@@ -43,14 +43,12 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +56,15 @@ import numpy as np
 import redis
 import serve
 from durability import redis_server
-from serve import MODEL_DIR, ROOT, Service, percentiles, process_tree, rss_mib
+from serve import (
+    MODEL_DIR,
+    ROOT,
+    Service,
+    percentiles,
+    process_tree,
+    results_header,
+    rss_mib,
+)
 
 from curatornet.model_loader import LoadedModel, load_model
 from curatornet.synthetic import MarketConfig, catalogue_batches
@@ -379,19 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.START_TIMEOUT_S = args.start_timeout  # a rebuild of a million works takes minutes
     model = load_model(MODEL_DIR)
     results: dict[str, Any] = {
-        "benchmark": "million",
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average_at_start": os.getloadavg(),
-        },
-        "settings": {
-            key: str(value) if isinstance(value, Path) else value
-            for key, value in vars(args).items()
-            if key != "out"
-        }
-        | {"k": K, "model": str(MODEL_DIR), "index_kind": "hnsw"},
+        **results_header("million", args, {"k": K, "model": str(MODEL_DIR), "index_kind": "hnsw"}),
         "notes": [
             "Latency is client-side over real HTTP (localhost), one request at a time on one"
             " keep-alive connection, client and service sharing the machine's CPUs.",

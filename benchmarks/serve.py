@@ -882,10 +882,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    results: dict[str, Any] = {
-        "benchmark": "serve",
+def results_header(name: str, args: argparse.Namespace, fixed: dict[str, Any]) -> dict[str, Any]:
+    """What a benchmark's JSON starts with: its name, when, the machine and its load at the
+    start (figures are to be read against it), and every setting of the run."""
+    return {
+        "benchmark": name,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
@@ -897,7 +898,16 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in vars(args).items()
             if key != "out"
         }
-        | {"k": K, "batch_items": BATCH_ITEMS, "edition_size": EDITION_SIZE},
+        | fixed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results: dict[str, Any] = {
+        **results_header(
+            "serve", args, {"k": K, "batch_items": BATCH_ITEMS, "edition_size": EDITION_SIZE}
+        ),
         "notes": [
             "Compare figures within one run only: the machine is shared and noisy.",
             "Service latencies are client-side over real HTTP (localhost), client and service"
