@@ -53,8 +53,8 @@ class RecommendOut(BaseModel):
 @router.post(
     "/recommend", response_model=RecommendOut, responses=errors(400, 401, 403, 404, 413, 503)
 )
-# `async def` though it blocks: a recommendation takes a few tenths of a millisecond of CPU, and
-# the hop to FastAPI's thread pool and back took as much again. A worker answers one at a time
+# `async def` though it blocks: a recommendation takes about a millisecond of CPU, and the hop
+# to FastAPI's thread pool and back cost a sizeable share of that. A worker answers one at a time
 # either way (its model and index run on one thread, CURATORNET_INFERENCE_THREADS); throughput
 # comes from worker processes.
 async def recommend(
