@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import faiss
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -63,11 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # uvicorn's worker processes configure only uvicorn's loggers; without this the
         # service's own lines (the index rebuild, sync errors) vanish when workers > 1.
         logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-        # Scale with worker processes, not threads: idle OpenMP and ONNX Runtime threads spin,
-        # and several workers' spinning threads would take the cores from each other. This
-        # reaches only this thread; the index sets it again on whichever thread searches.
-        faiss.omp_set_num_threads(settings.inference_threads)
-        # numpy's BLAS (the exact search's matrix product) keeps a pool of its own, global.
+        # Scale with worker processes, not threads: idle OpenMP, BLAS and ONNX Runtime threads
+        # spin, and several workers' spinning threads would take the cores from each other.
+        # FAISS's OpenMP count is per calling thread, so the index sets it wherever it calls
+        # FAISS; numpy's BLAS (the exact search's matrix product) has one global pool.
         threadpool_limits(settings.inference_threads, user_api="blas")
         if settings.api_key is None and not settings.loopback_only:
             log.warning(

@@ -273,7 +273,6 @@ class ItemIndex:
                 k = min(k, int(np.count_nonzero(mask)))
                 if k <= 0:
                     return []
-                faiss.omp_set_num_threads(self.threads)  # see _search
                 scores, slots = self._exact(query, k, mask)
             elif exclude_artists or self._slots > self._live_count:
                 # Tombstones or whole artists left out, perhaps many: a bitmap of the rest.
@@ -356,9 +355,9 @@ class ItemIndex:
         # whichever thread of the server's pool takes the request: set in the lifespan only,
         # it never reached them, and each search woke a pool of one thread per core whose
         # threads then spun between requests (three times the CPU of the search itself).
-        faiss.omp_set_num_threads(self.threads)
         if self.kind == "flat" and selector is None:
-            return self._exact(query, k)
+            return self._exact(query, k)  # numpy's BLAS: no OpenMP
+        faiss.omp_set_num_threads(self.threads)
         # faiss's stubs lack SearchParametersHNSW and the keyword arguments its Python wrapper
         # takes; both are documented and used as the library's own tests use them.
         if self.kind == "hnsw":
