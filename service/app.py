@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    routers = (items, purchases, users, recommend, health, admin, storefront)
+    routers = (recommend, items, purchases, users, health, admin, storefront)
     for router in (module.router for module in routers):
         app.include_router(router)
     app.mount(storefront.PAGE_PATH, storefront.page_files(), name="storefront")

@@ -152,7 +152,7 @@ class ItemIndex:
         keys = np.asarray(keys, np.int64).reshape(-1)
         if len(keys) and keys.min() < 0:
             raise ValueError("store keys are never negative")
-        faiss.omp_set_num_threads(self.threads)  # see _search
+        faiss.omp_set_num_threads(self.threads)  # see _graph_search
         with self._lock:
             self.remove(keys)
             first, count = self._slots, len(item_ids)
@@ -228,7 +228,7 @@ class ItemIndex:
         vectors = self._faiss.reconstruct_batch(live) if len(live) else None
         self._faiss = self._new_faiss()
         if vectors is not None:
-            faiss.omp_set_num_threads(self.threads)  # see _search
+            faiss.omp_set_num_threads(self.threads)  # see _graph_search
             self._faiss.add(vectors)
         count = len(live)
         self._keys = self._keys[live]
@@ -253,8 +253,9 @@ class ItemIndex:
         """Top k among the items for sale that pass the filters, an item's score being its
         largest inner product with the queries ([dim] or [Q, dim]: a user's interests).
 
-        One FAISS search of all Q queries; the merge is exact, since an item in the top k by
-        its best score is in the top k of the query that gives it that score."""
+        The flat index scores every work against all Q queries at once. HNSW runs one FAISS
+        search of the Q queries; the merge is exact, since an item in the top k by its best
+        score is in the top k of the query that gives it that score."""
         query = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             excluded = np.fromiter(
@@ -267,13 +268,18 @@ class ItemIndex:
                 if k <= 0:
                     return []
                 scores, slots = self._search_among(query, k, allowed)
-            elif self.kind == "flat" and (exclude_artists or self._slots > self._live_count):
-                # Tombstones or whole artists left out: scored all the same, then masked.
-                mask = self._allowed_mask(excluded, exclude_artists)
-                k = min(k, int(np.count_nonzero(mask)))
+                return self._as_hits(slots, scores)
+            elif self.kind == "flat":
+                # Everything is scored; what may not be offered is masked before the top k.
+                if exclude_artists or self._slots > self._live_count:
+                    mask = self._allowed_mask(excluded, exclude_artists)
+                    k = min(k, int(np.count_nonzero(mask)))
+                else:
+                    mask, k = None, min(k, self._live_count - len(excluded))
                 if k <= 0:
                     return []
-                scores, slots = self._exact(query, k, mask)
+                scores, slots = self._exact(query, k, mask, excluded)
+                return self._ranked(scores, slots)
             elif exclude_artists or self._slots > self._live_count:
                 # Tombstones or whole artists left out, perhaps many: a bitmap of the rest.
                 bitmap = np.packbits(
@@ -283,14 +289,14 @@ class ItemIndex:
                 if k <= 0:
                     return []
                 selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-                scores, slots = self._search(query, k, selector)
+                scores, slots = self._graph_search(query, k, selector)
             else:
                 # Only a few works left out (a history): over-fetching by their number and
                 # dropping them afterwards keeps FAISS on its fastest path.
                 k = min(k, self._live_count - len(excluded))
                 if k <= 0:
                     return []
-                scores, slots = self._search(query, min(k + len(excluded), self._slots))
+                scores, slots = self._graph_search(query, min(k + len(excluded), self._slots))
             return self._hits(scores.ravel(), slots.ravel(), excluded, k)
 
     def _allowed_mask(
@@ -328,14 +334,18 @@ class ItemIndex:
         scores, slots = scores[order], slots[order]
         _, first = np.unique(slots, return_index=True)
         best = np.sort(first)[:k]
+        return self._as_hits(slots[best], scores[best])
+
+    def _ranked(self, scores: np.ndarray, slots: np.ndarray) -> list[Hit]:
+        """Distinct allowed slots and their scores as hits, best first."""
+        order = np.argsort(-scores, kind="stable")
+        return self._as_hits(slots[order], scores[order])
+
+    def _as_hits(self, slots: np.ndarray, scores: np.ndarray) -> list[Hit]:
+        keys, artists, names = self._keys, self._artists, self._artist_names
         return [
-            Hit(
-                int(self._keys[slot]),
-                self._item_ids[slot],
-                self._artist_names[self._artists[slot]],
-                score,
-            )
-            for slot, score in zip(slots[best].tolist(), scores[best].tolist(), strict=True)
+            Hit(int(keys[slot]), self._item_ids[slot], names[artists[slot]], score)
+            for slot, score in zip(slots.tolist(), scores.tolist(), strict=True)
         ]
 
     def _search_among(
@@ -348,37 +358,33 @@ class ItemIndex:
         top = np.argsort(-scores, kind="stable")[:k]
         return scores[top], allowed[top]
 
-    def _search(
+    def _graph_search(
         self, query: np.ndarray, k: int, selector: faiss.IDSelector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """The HNSW index's search: [Q, k] scores and slots (-1 where fewer were found)."""
         # OpenMP's thread count is a setting of the calling thread, and searches run on
         # whichever thread of the server's pool takes the request: set in the lifespan only,
         # it never reached them, and each search woke a pool of one thread per core whose
         # threads then spun between requests (three times the CPU of the search itself).
-        if self.kind == "flat" and selector is None:
-            return self._exact(query, k)  # numpy's BLAS: no OpenMP
         faiss.omp_set_num_threads(self.threads)
         # faiss's stubs lack SearchParametersHNSW and the keyword arguments its Python wrapper
         # takes; both are documented and used as the library's own tests use them.
-        if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
-                sel=selector, efSearch=max(self.hnsw_ef_search, k)
-            )
-        else:
-            params = None if selector is None else faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
+        params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+            sel=selector, efSearch=max(self.hnsw_ef_search, k)
+        )
         return self._faiss.search(query, k, params=params)
 
     def _exact(
-        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None, excluded: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The flat index's search, [1, k] best scores over the Q queries and their slots,
-        among the `allowed` slots (a bool each; all when None, and then k may not exceed
-        how many are allowed): one matrix product over the vectors FAISS stores (read in
-        place), then one partial sort. IndexFlatIP.search scans the catalogue once per query
-        with a heap per query; for the few queries of one customer that took 1.4 to 1.7 times
-        the CPU of this (4 x 65-d queries over 13,297 works, one thread: 0.64 ms against
-        0.46 ms), and more through a selector, where masking the tombstones' scores costs
-        next to nothing."""
+        """The flat index's search: the k best scores over the Q queries ([k], in no order)
+        and their slots, among the `allowed` slots (a bool each; all when None) less the
+        `excluded` ones, k being at most how many that leaves. One matrix product over the
+        vectors FAISS stores (read in place), then one partial sort. IndexFlatIP.search scans
+        the catalogue once per query with a heap per query; for the few queries of one
+        customer that took 1.4 to 1.7 times the CPU of this (4 x 65-d queries over 13,297
+        works, one thread: 0.64 ms against 0.46 ms), and more through a selector, where
+        masking the scores of what may not be offered costs next to nothing."""
         flat = cast(faiss.IndexFlat, self._faiss)
         count = flat.ntotal
         vectors = faiss.rev_swig_ptr(flat.get_xb(), count * self.dim).reshape(count, self.dim)
@@ -390,8 +396,9 @@ class ItemIndex:
             np.maximum(best, scores[:, column], out=best)
         if allowed is not None:
             best[~allowed] = -np.inf
+        best[excluded] = -np.inf
         top = np.argpartition(-best, k - 1)[:k] if k < count else np.arange(count)
-        return best[top][None], top[None]  # FAISS's ids are the slots
+        return best[top], top  # FAISS's ids are the slots
 
     def write(self, stream: Writable) -> None:
         """Everything the index holds, to `stream`: the slot tables, then FAISS's own format."""
