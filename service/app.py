@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    # The router tries routes in this order; the most frequent request's come first.
     routers = (recommend, items, purchases, users, health, admin, storefront)
     for router in (module.router for module in routers):
         app.include_router(router)
