@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from curatornet.model_loader import LoadedModel
 from service import upload_json
-from service.api.items import ItemIn
+from service.api.items import ItemIn, plain_upload
 from service.config import Settings
 from service.indexing import CatalogueIndex
 from service.ingest import Prepared, Upload, UploadRefused, embed, prepare
@@ -293,6 +293,9 @@ def _parsed(line: bytes) -> tuple[Upload | None, list[str]]:
         return None, [f"not JSON: {error}"]
     except RecursionError:
         return None, ["not JSON this reader can follow: nested too deeply"]
+    upload = plain_upload(document)
+    if upload is not None:
+        return upload, []
     try:
         return ItemIn.model_validate(document).upload(), []
     except ValidationError as error:

@@ -19,6 +19,7 @@ body (400, 422 and their messages) stays what it was.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,12 @@ import simdjson
 
 # The key of an upload's feature vector (service.api.items.ItemIn).
 FEATURES = "features"
+# Documents up to this size are parsed by a parser each thread keeps. A new parser allocates
+# buffers about five times the document's size and touches every page of them: for a bulk
+# load's 11 KB line that is 30 µs, more than parsing it. A larger body (a batch of a thousand
+# works) gets a parser of its own, so that no thread keeps hundreds of megabytes after it.
+REUSED_UP_TO = 1 << 20
+_kept = threading.local()
 
 
 class _Unusual(Exception):
@@ -37,7 +44,7 @@ def loads(data: bytes) -> Any:
     arrays = [0]  # the arrays in the result, each feature vector counting as one
     vectors = [0]  # the feature vectors among them
     try:
-        document = simdjson.Parser().parse(data)
+        document = _parser(len(data)).parse(data)
         if isinstance(document, simdjson.Object):
             result = _object(document, arrays, vectors, batch=True)
         else:
@@ -47,9 +54,32 @@ def loads(data: bytes) -> Any:
     # Each array of the document has its own '[' in the text, and a '[' in a string adds one:
     # as many '[' as arrays in the result means that no feature vector held a nested array
     # (as_buffer flattens those). Else, or with a '[' in a string, json.loads reads it.
-    if vectors[0] and data.count(b"[") != arrays[0]:
+    if vectors[0] and _brackets(data, arrays[0] + 1) != arrays[0]:
         return json.loads(data)
     return result
+
+
+def _parser(size: int) -> simdjson.Parser:
+    """A parser for a document of `size` bytes: this thread's own for a small one. Nothing
+    that a parser's document gave (simdjson's proxies) outlives `loads`, so it can be reused:
+    an exception's traceback that held some was dropped with the exception."""
+    if size > REUSED_UP_TO:
+        return simdjson.Parser()
+    parser = getattr(_kept, "parser", None)
+    if parser is None:
+        parser = _kept.parser = simdjson.Parser()
+    return parser
+
+
+def _brackets(data: bytes, most: int) -> int:
+    """How many '[' `data` holds, counting no further than `most`: each found by `find`
+    (memchr), where `count` reads byte by byte, a third of the time of reading a line's
+    2,048 numbers."""
+    found, at = 0, data.find(b"[")
+    while at >= 0 and found < most:
+        found += 1
+        at = data.find(b"[", at + 1)
+    return found
 
 
 def _object(
