@@ -216,9 +216,7 @@ class Reader:
                 continue
             # Each vector is in `prepared.features` now: the batch does not keep it twice while
             # it waits (up to three batches are in memory: read ahead, waiting, written).
-            unloaded = [
-                replace(u, features=None, features_b64=None, image_b64=None) for u in uploads
-            ]
+            unloaded = [upload.without_features() for upload in uploads]
             read.prepared = replace(prepared, uploads=unloaded)
             break
         return read
