@@ -21,9 +21,9 @@ asserted by a test.
   float32 features, on each shipped model's own catalogue (data/pixels, data/synthetic) when
   it is there: in the stores' 16-bit steps, and in float16 for comparison.
 - `--before DIR` (a checkout of the code before this change, e.g.
-  `git archive $(git merge-base main HEAD) | tar -x -C DIR`): its service takes the same
-  POST /items run and a base64 load into Redis, for its rates and its bytes per work (float32
-  features) in the same run.
+  `git archive $(git merge-base main HEAD) | tar -x -C DIR`): its loader takes the same bulk
+  loads and its service the same POST /items run, for its rates, CPU and bytes per work in the
+  same run.
 
     .venv/bin/python benchmarks/ingest.py [--works 50000] [--http-works 20000] [--before DIR]
 """
@@ -92,14 +92,14 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def bulk_load(store_url: str, path: Path, works: int) -> dict[str, Any]:
-    """One `python -m service load` run: its rate, its CPU and its wall time."""
+def bulk_load(store_url: str, path: Path, works: int, checkout: Path = ROOT) -> dict[str, Any]:
+    """One `python -m service load` run of `checkout`: its rate, its CPU and its wall time."""
     environment = {**os.environ, "CURATORNET_MODEL_DIR": str(MODEL_DIR)}
     command = [sys.executable, "-m", "service", "load", "--store-url", store_url, str(path)]
     output = path.with_suffix(".out")
     began = time.perf_counter()
     with output.open("w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=out)
+        process = subprocess.Popen(command, cwd=checkout, env=environment, stdout=out, stderr=out)
         _, status, usage = os.wait4(process.pid, 0)  # its own CPU, start-up included
     wall = time.perf_counter() - began
     text = output.read_text()
@@ -123,32 +123,38 @@ def sqlite_bytes(path: Path) -> int:
     return sum(part.stat().st_size for part in path.parent.glob(path.name + "*"))
 
 
-def bulk_runs(work: Path, files: dict[str, Path], works: int) -> dict[str, Any]:
-    """The CLI into SQLite and into Redis, per encoding, each into a fresh store; and its CPU
-    with nothing to load (start-up alone), taken off the per-work figure."""
+def bulk_runs(
+    work: Path, files: dict[str, Path], works: int, checkout: Path, name: str
+) -> dict[str, Any]:
+    """The CLI of `checkout` into SQLite and into Redis, per encoding, each into a fresh store;
+    and its CPU with nothing to load (start-up alone), taken off the per-work figure."""
+    work = work / f"bulk-{name}"
+    work.mkdir()
     empty = work / "empty.ndjson"
     empty.touch()
-    start_up = bulk_load(f"sqlite:///{work / 'empty.db'}", empty, 0)["cpu_s"]
+    start_up = bulk_load(f"sqlite:///{work / 'empty.db'}", empty, 0, checkout)["cpu_s"]
     runs: dict[str, Any] = {"start_up_cpu_s": start_up, "sqlite": {}, "redis": {}}
     for encoding, path in files.items():
         database = work / f"bulk-{encoding}.db"
-        run = bulk_load(f"sqlite:///{database}", path, works)
+        run = bulk_load(f"sqlite:///{database}", path, works, checkout)
         run["loading_cpu_us_per_work"] = (run["cpu_s"] - start_up) / works * 1e6
         run["bytes_per_work"] = sqlite_bytes(database) / works
         runs["sqlite"][encoding] = run
-        print(f"load into SQLite, {encoding}: {run['works_per_s']:.0f} works/s", flush=True)
+        rate = run["works_per_s"]
+        print(f"load into SQLite, {encoding} ({name}): {rate:.0f} works/s", flush=True)
         redis_dir = work / f"redis-{encoding}"
         redis_dir.mkdir()
         with redis_server(redis_dir, "everysec") as url:
             client = redis.Redis.from_url(url)
             memory, cpu = client.info("memory")["used_memory"], redis_cpu(client)
-            run = bulk_load(url, path, works)
+            run = bulk_load(url, path, works, checkout)
             run["loading_cpu_us_per_work"] = (run["cpu_s"] - start_up) / works * 1e6
             run["redis_cpu_us_per_work"] = (redis_cpu(client) - cpu) / works * 1e6
             run["bytes_per_work"] = (client.info("memory")["used_memory"] - memory) / works
             client.close()
         runs["redis"][encoding] = run
-        print(f"load into Redis, {encoding}: {run['works_per_s']:.0f} works/s", flush=True)
+        rate = run["works_per_s"]
+        print(f"load into Redis, {encoding} ({name}): {rate:.0f} works/s", flush=True)
     return runs
 
 
@@ -210,18 +216,21 @@ def print_table(results: dict[str, Any]) -> None:
     load = (results["machine"]["load_average"], results["machine"]["load_average_at_end"])
     print(f"\n{results['machine']['cpus']} cores, load average {load[0]:.1f} to {load[1]:.1f}")
     print(f"bulk load, {results['works']} works of {results['feature_dim']}-d features:")
-    start_up = results["bulk"]["start_up_cpu_s"]
-    print(f"(CPU per work without the start-up's {start_up:.1f} s of CPU)")
-    print("store   encoding  works/s  CPU µs/work  Redis CPU µs/work  bytes/work  start-up s")
-    for store in ("sqlite", "redis"):
-        for encoding, run in results["bulk"][store].items():
-            server = run.get("redis_cpu_us_per_work")
-            server_text = " " * 17 if server is None else f"{server:17.0f}"
-            print(
-                f"{store:7s} {encoding:8s} {run['works_per_s']:8.0f} "
-                f"{run['loading_cpu_us_per_work']:12.0f} {server_text} "
-                f"{run['bytes_per_work']:11.0f} {run['start_up_s']:11.1f}"
-            )
+    print("(CPU per work without the start-up's CPU, a load of nothing)")
+    print(
+        "checkout  store   encoding  works/s  CPU µs/work  Redis CPU µs/work  bytes/work  "
+        "start-up s"
+    )
+    for name, bulk in results["bulk"].items():
+        for store in ("sqlite", "redis"):
+            for encoding, run in bulk[store].items():
+                server = run.get("redis_cpu_us_per_work")
+                server_text = " " * 17 if server is None else f"{server:17.0f}"
+                print(
+                    f"{name:9s} {store:7s} {encoding:8s} {run['works_per_s']:8.0f} "
+                    f"{run['loading_cpu_us_per_work']:12.0f} {server_text} "
+                    f"{run['bytes_per_work']:11.0f} {run['start_up_s']:11.1f}"
+                )
     print(f"\nPOST /items, {results['http_works']} works in batches of {BATCH_ITEMS}:")
     print(
         "checkout  lists works/s  base64 works/s  server CPU µs/work  SQLite B/work  Redis B/work"
@@ -280,11 +289,13 @@ def main(argv: list[str] | None = None) -> int:
         results["ndjson_bytes_per_work"] = {
             encoding: path.stat().st_size / args.works for encoding, path in files.items()
         }
-        results["bulk"] = bulk_runs(work, files, args.works)
+        results["bulk"] = {"this": bulk_runs(work, files, args.works, ROOT, "this")}
         results["http"] = {"this": http_run(work, args.http_works, args.seed, ROOT, "this")}
         results["stored_precision"] = stored_precision()
         if args.before is not None:
-            before = http_run(work, args.http_works, args.seed, args.before.resolve(), "before")
+            before_dir = args.before.resolve()
+            results["bulk"]["before"] = bulk_runs(work, files, args.works, before_dir, "before")
+            before = http_run(work, args.http_works, args.seed, before_dir, "before")
             results["http"]["before"] = before
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     print_table(results)
