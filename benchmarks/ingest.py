@@ -14,16 +14,18 @@ asserted by a test.
   the command's user + system time less that of a run with nothing to load, and for Redis
   the server's too.
 - POST /items: the real service (`python -m service`, models/synthetic-2048, SQLite) taking
-  batches of 1,000 works alternately as JSON lists and base64 (benchmarks/serve.py's own
-  upload loop), with the service's CPU from /proc per work.
+  the first works of the same files in batches of 1,000, alternately as JSON lists and base64,
+  with the service's CPU from /proc per work and encoding. With `--before`, both checkouts'
+  services run at once and take each batch in turn, so that the neighbours' load falls alike
+  on both.
 - Bytes per work: the SQLite file's size over N, Redis's `used_memory` growth over N.
 - Precision: embeddings recomputed from features as stored, against those of the uploaded
   float32 features, on each shipped model's own catalogue (data/pixels, data/synthetic) when
   it is there: in the stores' 16-bit steps, and in float16 for comparison.
 - `--before DIR` (a checkout of the code before this change, e.g.
-  `git archive $(git merge-base main HEAD) | tar -x -C DIR`): its service takes the same
-  POST /items run and a base64 load into Redis, for its rates and its bytes per work (float32
-  features) in the same run.
+  `git archive $(git merge-base main HEAD) | tar -x -C DIR`): its loader takes the same bulk
+  loads and its service the same POST /items batches, for its rates, CPU and bytes per work in
+  the same run.
 
     .venv/bin/python benchmarks/ingest.py [--works 50000] [--http-works 20000] [--before DIR]
 """
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +60,6 @@ from serve import (
     ROOT,
     Service,
     catalogue_batches,
-    ingest,
     item_id,
 )
 
@@ -92,14 +95,14 @@ def redis_cpu(client: redis.Redis) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def bulk_load(store_url: str, path: Path, works: int) -> dict[str, Any]:
-    """One `python -m service load` run: its rate, its CPU and its wall time."""
+def bulk_load(store_url: str, path: Path, works: int, checkout: Path = ROOT) -> dict[str, Any]:
+    """One `python -m service load` run of `checkout`: its rate, its CPU and its wall time."""
     environment = {**os.environ, "CURATORNET_MODEL_DIR": str(MODEL_DIR)}
     command = [sys.executable, "-m", "service", "load", "--store-url", store_url, str(path)]
     output = path.with_suffix(".out")
     began = time.perf_counter()
     with output.open("w") as out:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=out, stderr=out)
+        process = subprocess.Popen(command, cwd=checkout, env=environment, stdout=out, stderr=out)
         _, status, usage = os.wait4(process.pid, 0)  # its own CPU, start-up included
     wall = time.perf_counter() - began
     text = output.read_text()
@@ -123,55 +126,113 @@ def sqlite_bytes(path: Path) -> int:
     return sum(part.stat().st_size for part in path.parent.glob(path.name + "*"))
 
 
-def bulk_runs(work: Path, files: dict[str, Path], works: int) -> dict[str, Any]:
-    """The CLI into SQLite and into Redis, per encoding, each into a fresh store; and its CPU
-    with nothing to load (start-up alone), taken off the per-work figure."""
+def bulk_runs(
+    work: Path, files: dict[str, Path], works: int, checkout: Path, name: str
+) -> dict[str, Any]:
+    """The CLI of `checkout` into SQLite and into Redis, per encoding, each into a fresh store;
+    and its CPU with nothing to load (start-up alone), taken off the per-work figure."""
+    work = work / f"bulk-{name}"
+    work.mkdir()
     empty = work / "empty.ndjson"
     empty.touch()
-    start_up = bulk_load(f"sqlite:///{work / 'empty.db'}", empty, 0)["cpu_s"]
+    start_up = bulk_load(f"sqlite:///{work / 'empty.db'}", empty, 0, checkout)["cpu_s"]
     runs: dict[str, Any] = {"start_up_cpu_s": start_up, "sqlite": {}, "redis": {}}
     for encoding, path in files.items():
         database = work / f"bulk-{encoding}.db"
-        run = bulk_load(f"sqlite:///{database}", path, works)
+        run = bulk_load(f"sqlite:///{database}", path, works, checkout)
         run["loading_cpu_us_per_work"] = (run["cpu_s"] - start_up) / works * 1e6
         run["bytes_per_work"] = sqlite_bytes(database) / works
         runs["sqlite"][encoding] = run
-        print(f"load into SQLite, {encoding}: {run['works_per_s']:.0f} works/s", flush=True)
+        rate = run["works_per_s"]
+        print(f"load into SQLite, {encoding} ({name}): {rate:.0f} works/s", flush=True)
         redis_dir = work / f"redis-{encoding}"
         redis_dir.mkdir()
         with redis_server(redis_dir, "everysec") as url:
             client = redis.Redis.from_url(url)
             memory, cpu = client.info("memory")["used_memory"], redis_cpu(client)
-            run = bulk_load(url, path, works)
+            run = bulk_load(url, path, works, checkout)
             run["loading_cpu_us_per_work"] = (run["cpu_s"] - start_up) / works * 1e6
             run["redis_cpu_us_per_work"] = (redis_cpu(client) - cpu) / works * 1e6
             run["bytes_per_work"] = (client.info("memory")["used_memory"] - memory) / works
             client.close()
         runs["redis"][encoding] = run
-        print(f"load into Redis, {encoding}: {run['works_per_s']:.0f} works/s", flush=True)
+        rate = run["works_per_s"]
+        print(f"load into Redis, {encoding} ({name}): {rate:.0f} works/s", flush=True)
     return runs
 
 
-def http_run(work: Path, works: int, seed: int, checkout: Path, name: str) -> dict[str, Any]:
-    """benchmarks/serve.py's POST /items loop against the service of `checkout` on SQLite,
-    then (for the bytes per work in Redis) the same uploads into a fresh redis-server."""
-    database = work / f"http-{name}.db"
-    with Service(database, 1, work / f"http-{name}.log", MODEL_DIR, checkout) as service:
-        cpu = service.cpu_seconds()
-        result = ingest(service, works, seed)
-        result["server_cpu_us_per_work"] = (service.cpu_seconds() - cpu) / works * 1e6
-    result["sqlite_bytes_per_work"] = sqlite_bytes(database) / works
-    redis_dir = work / f"http-{name}-redis"
-    redis_dir.mkdir()
-    with redis_server(redis_dir, "everysec") as url:
-        client = redis.Redis.from_url(url)
-        memory = client.info("memory")["used_memory"]
-        with Service(url, 1, work / f"http-{name}-redis.log", MODEL_DIR, checkout) as service:
-            result["redis"] = ingest(service, works, seed)
-        result["redis_bytes_per_work"] = (client.info("memory")["used_memory"] - memory) / works
-        client.close()
-    print(f"POST /items ({name}): {result['items_per_s']:.0f} works/s", flush=True)
-    return result
+def upload_bodies(files: dict[str, Path], works: int) -> Iterator[tuple[str, int, bytes]]:
+    """The first `works` works as POST /items bodies of BATCH_ITEMS, (encoding, works, body),
+    the encodings alternating batch by batch as benchmarks/serve.py sends them: each batch the
+    NDJSON lines of the bulk loads, so that both paths take the same works."""
+    with files["list"].open("rb") as lists, files["b64"].open("rb") as encoded:
+        for batch, start in enumerate(range(0, works, BATCH_ITEMS)):
+            size = min(BATCH_ITEMS, works - start)
+            lines = [(lists, encoded)[n % 2].readline() for n in range(2 * size)]
+            encoding = ENCODINGS[batch % 2]
+            chosen = [line.rstrip(b"\n") for line in lines[ENCODINGS.index(encoding) :: 2]]
+            yield encoding, size, b'{"items": [' + b", ".join(chosen) + b"]}"
+
+
+def http_runs(
+    work: Path, files: dict[str, Path], works: int, checkouts: dict[str, Path]
+) -> dict[str, Any]:
+    """POST /items against the service of each checkout on SQLite, all running at once: each
+    batch goes to each service in turn (the order alternating), so that the neighbours' load
+    falls alike on all, and the difference in server CPU per work (from /proc) is the code's.
+    Then, for the bytes per work in Redis, the same uploads into a fresh redis-server each."""
+    results: dict[str, Any] = {}
+    with contextlib.ExitStack() as running:
+        services = {
+            name: running.enter_context(
+                Service(work / f"http-{name}.db", 1, work / f"http-{name}.log", MODEL_DIR, path)
+            )
+            for name, path in checkouts.items()
+        }
+        spent = {(name, e): [0, 0.0, 0.0] for name in services for e in ENCODINGS}
+        for batch, (encoding, size, body) in enumerate(upload_bodies(files, works)):
+            order = list(services) if batch % 4 < 2 else list(reversed(services))
+            for name in order:
+                tally = spent[name, encoding]
+                tally[1] -= services[name].cpu_seconds()
+                tally[2] -= time.perf_counter()
+                post(services[name], body)
+                tally[1] += services[name].cpu_seconds()
+                tally[2] += time.perf_counter()
+                tally[0] += size
+    for name in checkouts:
+        per = {e: spent[name, e] for e in ENCODINGS}
+        results[name] = {
+            e: {"items": n, "server_cpu_us_per_work": cpu / n * 1e6, "items_per_s": n / seconds}
+            for e, (n, cpu, seconds) in per.items()
+        }
+        results[name]["server_cpu_us_per_work"] = (
+            sum(cpu for _, cpu, _ in per.values()) / works * 1e6
+        )
+        results[name]["items_per_s"] = works / sum(seconds for _, _, seconds in per.values())
+        results[name]["sqlite_bytes_per_work"] = sqlite_bytes(work / f"http-{name}.db") / works
+        redis_dir = work / f"http-{name}-redis"
+        redis_dir.mkdir()
+        with redis_server(redis_dir, "everysec") as url:
+            client = redis.Redis.from_url(url)
+            memory = client.info("memory")["used_memory"]
+            log = work / f"http-{name}-redis.log"
+            with Service(url, 1, log, MODEL_DIR, checkouts[name]) as service:
+                for _, _, body in upload_bodies(files, works):
+                    post(service, body)
+            used = client.info("memory")["used_memory"] - memory
+            results[name]["redis_bytes_per_work"] = used / works
+            client.close()
+        print(f"POST /items ({name}): {results[name]['items_per_s']:.0f} works/s", flush=True)
+    return results
+
+
+def post(service: Service, body: bytes) -> None:
+    response = service.client.post(
+        "/items", content=body, headers={"content-type": "application/json"}
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"POST /items: {response.status_code} {response.text[:500]}")
 
 
 # Each shipped model and the catalogue it was trained on, where `bash models/build-*.sh` (or
@@ -210,28 +271,30 @@ def print_table(results: dict[str, Any]) -> None:
     load = (results["machine"]["load_average"], results["machine"]["load_average_at_end"])
     print(f"\n{results['machine']['cpus']} cores, load average {load[0]:.1f} to {load[1]:.1f}")
     print(f"bulk load, {results['works']} works of {results['feature_dim']}-d features:")
-    start_up = results["bulk"]["start_up_cpu_s"]
-    print(f"(CPU per work without the start-up's {start_up:.1f} s of CPU)")
-    print("store   encoding  works/s  CPU µs/work  Redis CPU µs/work  bytes/work  start-up s")
-    for store in ("sqlite", "redis"):
-        for encoding, run in results["bulk"][store].items():
-            server = run.get("redis_cpu_us_per_work")
-            server_text = " " * 17 if server is None else f"{server:17.0f}"
-            print(
-                f"{store:7s} {encoding:8s} {run['works_per_s']:8.0f} "
-                f"{run['loading_cpu_us_per_work']:12.0f} {server_text} "
-                f"{run['bytes_per_work']:11.0f} {run['start_up_s']:11.1f}"
-            )
-    print(f"\nPOST /items, {results['http_works']} works in batches of {BATCH_ITEMS}:")
+    print("(CPU per work without the start-up's CPU, a load of nothing)")
     print(
-        "checkout  lists works/s  base64 works/s  server CPU µs/work  SQLite B/work  Redis B/work"
+        "checkout  store   encoding  works/s  CPU µs/work  Redis CPU µs/work  bytes/work  "
+        "start-up s"
     )
+    for name, bulk in results["bulk"].items():
+        for store in ("sqlite", "redis"):
+            for encoding, run in bulk[store].items():
+                server = run.get("redis_cpu_us_per_work")
+                server_text = " " * 17 if server is None else f"{server:17.0f}"
+                print(
+                    f"{name:9s} {store:7s} {encoding:8s} {run['works_per_s']:8.0f} "
+                    f"{run['loading_cpu_us_per_work']:12.0f} {server_text} "
+                    f"{run['bytes_per_work']:11.0f} {run['start_up_s']:11.1f}"
+                )
+    print(f"\nPOST /items, {results['http_works']} works in batches of {BATCH_ITEMS}:")
+    print("checkout  encoding  works/s  server CPU µs/work  SQLite B/work  Redis B/work")
     for name, run in results["http"].items():
-        print(
-            f"{name:9s} {run['list']['items_per_s']:14.0f} {run['b64']['items_per_s']:15.0f} "
-            f"{run['server_cpu_us_per_work']:19.0f} {run['sqlite_bytes_per_work']:14.0f} "
-            f"{run['redis_bytes_per_work']:13.0f}"
-        )
+        for encoding in ENCODINGS:
+            print(
+                f"{name:9s} {encoding:8s} {run[encoding]['items_per_s']:8.0f} "
+                f"{run[encoding]['server_cpu_us_per_work']:19.0f} "
+                f"{run['sqlite_bytes_per_work']:14.0f} {run['redis_bytes_per_work']:13.0f}"
+            )
     print(
         "\nembeddings from stored features against those of the uploaded ones (max |difference|):"
     )
@@ -280,12 +343,14 @@ def main(argv: list[str] | None = None) -> int:
         results["ndjson_bytes_per_work"] = {
             encoding: path.stat().st_size / args.works for encoding, path in files.items()
         }
-        results["bulk"] = bulk_runs(work, files, args.works)
-        results["http"] = {"this": http_run(work, args.http_works, args.seed, ROOT, "this")}
-        results["stored_precision"] = stored_precision()
+        checkouts = {"this": ROOT}
         if args.before is not None:
-            before = http_run(work, args.http_works, args.seed, args.before.resolve(), "before")
-            results["http"]["before"] = before
+            checkouts["before"] = args.before.resolve()
+        results["bulk"] = {
+            name: bulk_runs(work, files, args.works, path, name) for name, path in checkouts.items()
+        }
+        results["http"] = http_runs(work, files, args.http_works, checkouts)
+        results["stored_precision"] = stored_precision()
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     print_table(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,12 @@ class Upload:
     image: bytes | None = None
     image_type: str | None = None  # the form's content type for `image`
 
+    def without_features(self) -> Upload:
+        """The upload but its features (vector, text or picture): what a batch keeps once
+        `prepare` has them in its matrix, so that a batch waiting its turn holds them once.
+        Made by the constructor, four times faster than `dataclasses.replace`."""
+        return Upload(self.id, self.artist_id, self.edition_size, self.stock, self.metadata)
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -293,9 +299,13 @@ def _vector(upload: Upload, feature_dim: int) -> tuple[np.ndarray, str, str | No
         if len(raw) != 4 * feature_dim:
             message = f"expected {4 * feature_dim} bytes ({feature_dim} float32), got {len(raw)}"
             return np.zeros(0, np.float32), "features_b64", message
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32), "features_b64", None
-    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused later
-        features = np.asarray(upload.features, dtype=np.float32)
+        # A view of the bytes: the caller copies it into its matrix.
+        return np.frombuffer(raw, dtype="<f4"), "features_b64", None
+    if isinstance(upload.features, np.ndarray) and upload.features.dtype == np.float32:
+        features = upload.features  # as service.upload_json reads a body's numbers
+    else:
+        with np.errstate(over="ignore"):  # beyond float32's range becomes inf, refused later
+            features = np.asarray(upload.features, dtype=np.float32)
     if features.shape != (feature_dim,):
         return features, "features", f"expected {feature_dim} values, got {len(features)}"
     return features, "features", None

@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from curatornet.model_loader import LoadedModel
 from service import upload_json
-from service.api.items import ItemIn
+from service.api.items import ItemIn, plain_upload
 from service.config import Settings
 from service.indexing import CatalogueIndex
 from service.ingest import Prepared, Upload, UploadRefused, embed, prepare
@@ -216,9 +216,7 @@ class Reader:
                 continue
             # Each vector is in `prepared.features` now: the batch does not keep it twice while
             # it waits (up to three batches are in memory: read ahead, waiting, written).
-            unloaded = [
-                replace(u, features=None, features_b64=None, image_b64=None) for u in uploads
-            ]
+            unloaded = [upload.without_features() for upload in uploads]
             read.prepared = replace(prepared, uploads=unloaded)
             break
         return read
@@ -293,6 +291,9 @@ def _parsed(line: bytes) -> tuple[Upload | None, list[str]]:
         return None, [f"not JSON: {error}"]
     except RecursionError:
         return None, ["not JSON this reader can follow: nested too deeply"]
+    upload = plain_upload(document)
+    if upload is not None:
+        return upload, []
     try:
         return ItemIn.model_validate(document).upload(), []
     except ValidationError as error:

@@ -331,27 +331,30 @@ _STEPS = 32767  # the largest int16: the vector's largest magnitude maps to it
 
 def features_blobs(vectors: Sequence[np.ndarray]) -> list[bytes]:
     """Raw features as the stores keep them: the tag, the scale, then little-endian int16.
-    Encoded as one array, not row by row (the conversion row by row was a third of a bulk
-    load's store time)."""
+
+    Encoded as one matrix, each row's blob laid out in it and copied out once: converting row
+    by row was a third of a bulk load's store time, and assembling each blob from its parts
+    another fifth. Vectors of different lengths (never those of one model) go one at a time.
+    """
     if not vectors:
         return []
-    lengths = [len(vector) for vector in vectors]
-    if min(lengths) == 0:
+    lengths = {len(vector) for vector in vectors}
+    if 0 in lengths:
         raise ValueError("an empty feature vector cannot be stored")
-    flat = np.concatenate(vectors).astype(np.float32, copy=False)
-    starts = np.cumsum([0, *lengths[:-1]])
-    peaks = np.maximum(np.maximum.reduceat(flat, starts), -np.minimum.reduceat(flat, starts))
+    if len(lengths) > 1:
+        return [blob for vector in vectors for blob in features_blobs([vector])]
+    matrix = np.stack(vectors).astype(np.float32, copy=False)  # a copy: scaled in place below
+    peaks = np.maximum(matrix.max(axis=1), -matrix.min(axis=1))
     if not np.isfinite(peaks).all():  # NaN or infinity in a row makes its peak so
         raise ValueError("features that are not finite cannot be stored")
     scales = np.where(peaks > 0, peaks / _STEPS, 1).astype("<f4")
-    steps = np.repeat(np.float32(1) / scales, lengths)  # in place from here: no more copies
-    np.multiply(flat, steps, out=steps)
-    data = np.rint(steps, out=steps).astype("<i2").tobytes()
-    ends = np.cumsum([0, *lengths]) * 2
-    return [
-        SCALED_TAG + scale.tobytes() + data[start:end]
-        for scale, start, end in zip(scales, ends[:-1], ends[1:], strict=True)
-    ]
+    np.multiply(matrix, (np.float32(1) / scales)[:, None], out=matrix)
+    blobs = np.empty((len(matrix), _HEADER + 2 * matrix.shape[1]), np.uint8)
+    blobs[:, : len(SCALED_TAG)] = np.frombuffer(SCALED_TAG, np.uint8)
+    blobs[:, len(SCALED_TAG) : _HEADER] = scales.view(np.uint8).reshape(-1, 4)
+    steps = blobs[:, _HEADER:].view("<i2")
+    np.copyto(steps, np.rint(matrix, out=matrix), casting="unsafe")  # as astype("<i2")
+    return [blob.tobytes() for blob in blobs]
 
 
 def features_vector(blob: bytes) -> np.ndarray:

@@ -63,6 +63,18 @@ def test_features_round_trip_in_16_bit_steps_and_float32_blobs_still_read() -> N
             features_blobs([np.array(refused, np.float32)])
 
 
+def test_a_batch_is_encoded_as_each_of_its_vectors_alone() -> None:
+    """Batches are encoded as one matrix, vectors of another length one at a time: the bytes
+    are the same either way, laid out as the tag, the scale, then the steps."""
+    rng = np.random.default_rng(2)
+    vectors = [rng.normal(size=64).astype(np.float32) * scale for scale in (1e-30, 1, 1e30)]
+    vectors += [np.zeros(64, np.float32), rng.normal(size=64), np.ones(5, np.float32)]
+    assert features_blobs(vectors) == [features_blobs([vector])[0] for vector in vectors]
+    steps = np.array([32767, -1, 0], "<i2")
+    expected = SCALED_TAG + np.float32(1).tobytes() + steps.tobytes()
+    assert features_blobs([np.array([32767.0, -1.0, 0.0], np.float32)]) == [expected]
+
+
 def test_stores_keep_16_bit_steps_and_read_an_earlier_float32_work(store_url: str) -> None:
     store = open_store(store_url)
     rng = np.random.default_rng(1)

@@ -61,6 +61,12 @@ BODIES = [
     b'{"id": "\\ud800", "features": [1]}',
     b'{"id": "caf\xc3\xa9", "features": [1]}',
     b'[{"features": [1]}]',
+    b'{"features": [1], "metadata": {"tags": ["a", "b"], "n": [[1], {"m": []}]}}',
+    b'{"features": [[1]], "metadata": {"tags": ["a"]}}',  # nested, beside other arrays
+    b'{"items": [{"features": [1, [2]], "metadata": {"t": []}}, {"features": [3]}]}',
+    b'{"features": [1], "metadata": {"title": "a [b]", "tags": []}}',
+    b'{"features": [1], "metadata": {"a": [1], "a": {"b": [2]}, "c": {"d": 1, "d": 2}}}',
+    b'{"features": [1], "metadata": ' + b"[" * 300 + b"]" * 300 + b"}",
     b'"features"',
     b"12",
     b"null",
