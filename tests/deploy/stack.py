@@ -1,11 +1,13 @@
-"""The compose file's services run by plain `docker` commands, as `docker compose` would run
-them: Compose v2 is not installed here (Debian ships only docker-compose 1.29, which refuses
-the file's top-level `name:`). Every container, network and volume is read off
-docker-compose.yml, named as Compose names it under its own project name, and labelled, so that
-`down` removes exactly what one run made, and a later run removes what a killed run left."""
+"""What the deployment tests share; mainly the compose file's services run by plain `docker`
+commands as `docker compose` would run them, because Compose v2 is not installed here (Debian
+ships only docker-compose 1.29, which refuses the file's top-level `name:`). Every container,
+network and volume is read off docker-compose.yml, named as Compose names it under a project
+name of its own, and labelled, so that `down` removes exactly what one run made and a later run
+removes what a killed run left."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,11 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 # The label on everything a run makes; its value is the run's project name.
 LABEL = "org.curatornet.deploy-test"
 PROJECT_PREFIX = "curatornet-test-"
+# docker/stand-in-base-images.sh's label on the images it makes (and so on those built on them).
+STAND_IN_LABEL = "org.curatornet.stand-in"
 
 
 class DockerError(RuntimeError):
@@ -51,6 +57,15 @@ def interpolate(value: str, variables: Mapping[str, str]) -> str:
         return argument or ""
 
     return re.sub(r"\$\{([A-Z0-9_]+)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
+def picture() -> bytes:
+    """A JPEG painting (a Mandelbrot set): the picture the deployment tests upload."""
+    buffer = io.BytesIO()
+    Image.effect_mandelbrot((320, 240), (-2.0, -1.2, 1.0, 1.2), 64).convert("RGB").save(
+        buffer, "JPEG"
+    )
+    return buffer.getvalue()
 
 
 def health_options(check: Mapping[str, Any]) -> list[str]:

@@ -10,7 +10,6 @@ sources take seconds. The trainer image (TensorFlow, PyTorch: gigabytes) is buil
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
@@ -22,9 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from PIL import Image
 
-from tests.deploy.stack import ROOT, Stack, docker, remove_abandoned
+from tests.deploy.stack import ROOT, STAND_IN_LABEL, Stack, docker, picture, remove_abandoned
 from tests.service.conftest import free_port
 from tests.service.helpers import SYNC_DEADLINE_S, eventually, random_item
 
@@ -32,22 +30,11 @@ HERE = Path(__file__).resolve().parent
 API_KEY = "deployment-test-key"
 ADMIN_KEY = "deployment-test-admin-key"
 # What the shipped model (the api image's default) takes: the image encoder's features.
-FEATURE_DIM = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())[
-    "feature_dim"
-]
+FEATURE_DIM = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())["feature_dim"]
 # Each image the test builds, by the compose service that names it.
 BUILT = ("api", "trainer")
 
 Report = Callable[[str], None]
-
-
-def picture() -> bytes:
-    """A JPEG painting (a Mandelbrot set) for the picture uploads."""
-    buffer = io.BytesIO()
-    Image.effect_mandelbrot((320, 240), (-2.0, -1.2, 1.0, 1.2), 64).convert("RGB").save(
-        buffer, "JPEG"
-    )
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
@@ -106,7 +93,7 @@ def engine(compose: dict, report: Report) -> None:
 def stand_in(image: str) -> str:
     """The stand-in label of an image, or of the base it was built on; empty for the real one."""
     labels = json.loads(docker("image", "inspect", "-f", "{{json .Config.Labels}}", image))
-    return (labels or {}).get("org.curatornet.stand-in", "")
+    return (labels or {}).get(STAND_IN_LABEL, "")
 
 
 def build(compose: dict, service: str, report: Report) -> str:
@@ -114,8 +101,9 @@ def build(compose: dict, service: str, report: Report) -> str:
     spec = compose["services"][service]
     image = spec["image"]
     began = time.monotonic()
+    recipe = spec["build"]
     result = subprocess.run(
-        ["docker", "build", "-f", spec["build"]["dockerfile"], "-t", image, spec["build"]["context"]],
+        ["docker", "build", "-f", recipe["dockerfile"], "-t", image, recipe["context"]],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -246,7 +234,9 @@ def test_uploads_through_the_gateway_are_recommended_by_every_replica(
     assert response.status_code == 200, response.text
     for client in replicas:
         assert eventually(
-            lambda c=client: {"fresh-vectors", "fresh-picture"} <= set(recommended(c, catalogue[:1]))
+            lambda c=client: (
+                {"fresh-vectors", "fresh-picture"} <= set(recommended(c, catalogue[:1]))
+            )
         ), client.base_url
         assert client.get("/items/fresh-picture/image").status_code == 200
     assert gateway.get("/items/fresh-picture/image").content[:2] == b"\xff\xd8"  # the JPEG
