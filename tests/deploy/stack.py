@@ -194,9 +194,10 @@ class Stack:
         template = f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}'
         return docker("inspect", "-f", template, name)
 
-    def logs(self, name: str) -> str:
+    def logs(self, name: str, tail: int | None = 200) -> str:
+        """The container's output: its last `tail` lines, or all of it."""
         result = subprocess.run(
-            ["docker", "logs", "--tail", "200", name],
+            ["docker", "logs", "--tail", "all" if tail is None else str(tail), name],
             capture_output=True,
             text=True,
             check=False,

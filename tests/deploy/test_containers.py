@@ -193,7 +193,9 @@ def served_by(stack: Stack, marker: str) -> list[list[str]]:
     """For each gateway request whose line holds `marker`, the replicas nginx tried, in
     order (the last one answered), from its access log (docker/nginx.conf's format)."""
     (gateway_container,) = stack.containers["gateway"]
-    lines = [line for line in stack.logs(gateway_container).splitlines() if marker in line]
+    lines = [
+        line for line in stack.logs(gateway_container, tail=None).splitlines() if marker in line
+    ]
     tried = [re.search(r"upstream=(.*?) upstream_status=", line) for line in lines]
     return [[address.split(":")[0] for address in m.group(1).split(", ")] for m in tried if m]
 
@@ -334,6 +336,17 @@ def test_a_redis_restart_keeps_every_acknowledged_write(
         offered = set(recommended(client, catalogue[:1]))
         assert offered.isdisjoint(bought)
         assert set(written[10:]) <= offered
+
+
+def test_the_gateway_answered_no_request_with_a_5xx(stack: Stack) -> None:
+    """Over every request the tests above sent through it, killed replica and scaling
+    included: a replica that failed may show in upstream_status, never in the answer."""
+    (gateway_container,) = stack.containers["gateway"]
+    statuses = re.findall(
+        r'" (\d{3}) \d+ [\d.]+ upstream=', stack.logs(gateway_container, tail=None)
+    )
+    assert len(statuses) > 100  # the log is read whole
+    assert [status for status in statuses if status >= "500"] == []
 
 
 @pytest.mark.slow
