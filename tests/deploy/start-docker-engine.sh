@@ -7,7 +7,7 @@ set -euo pipefail
 
 command -v docker >/dev/null || { echo "no docker client (apt-get install docker.io)" >&2; exit 1; }
 docker info >/dev/null 2>&1 && exit 0
-command -v dockerd >/dev/null || { echo "no Docker engine here (apt-get install docker.io)" >&2; exit 1; }
+command -v dockerd >/dev/null || { echo "dockerd is not installed (apt-get install docker.io)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "the Docker engine is not running and only root starts it" >&2; exit 1; }
 
 log=${DOCKERD_LOG:-/var/log/dockerd.log}
