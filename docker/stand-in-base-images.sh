@@ -14,9 +14,9 @@
 # A stand-in is replaced by the official image whenever a later run can pull it, so that a
 # machine that gets Docker Hub back builds on the real thing.
 #
-# Made once: the Debian roots are kept as tarballs in $CURATORNET_STAND_IN_CACHE (default
-# ~/.cache/curatornet/stand-in) with the .debs they came from, so an engine that lost its
-# images gets them back in seconds. Needs root, debootstrap and a Debian mirror
+# Made once, the roots at the same time: the Debian roots are kept as tarballs in
+# $CURATORNET_STAND_IN_CACHE (default ~/.cache/curatornet/stand-in) with the .debs they came
+# from, so an engine that lost its images gets them back in seconds. Needs root, debootstrap and a Debian mirror
 # ($DEBIAN_MIRROR, default http://deb.debian.org/debian).
 set -euo pipefail
 
@@ -95,31 +95,36 @@ EOF
         "$root"/usr/share/man "$root"/usr/share/locale
 }
 
-ROOT_DIR=
-trap '[ -z "$ROOT_DIR" ] || rm -rf "$ROOT_DIR"' EXIT
-
-make_root() {
-    local kind=$1 tarball=$2
-    command -v debootstrap >/dev/null || { say "debootstrap is not installed"; exit 1; }
-    ROOT_DIR=$(mktemp -d)
-    mkdir -p "$CACHE/debs"
-    say "debootstrap bookworm ($PACKAGES) from $MIRROR: a minute or two"
-    if ! debootstrap --variant=minbase --cache-dir="$CACHE/debs" --include="$PACKAGES" \
-        bookworm "$ROOT_DIR" "$MIRROR" >"$tarball.log" 2>&1; then
+# In a subshell of its own: several roots are made at once, each cleaning up after itself.
+make_root() (
+    local kind=$1 tarball=$2 root
+    recipe "$kind"
+    root=$(mktemp -d)
+    trap 'rm -rf "$root"' EXIT
+    # one package cache a root: debootstraps running at once would write the same files
+    mkdir -p "$CACHE/debs-$kind"
+    if ! debootstrap --variant=minbase --cache-dir="$CACHE/debs-$kind" --include="$PACKAGES" \
+        bookworm "$root" "$MIRROR" >"$tarball.log" 2>&1; then
+        say "debootstrap for $kind failed; the end of $tarball.log:"
         tail -20 "$tarball.log" >&2
         exit 1
     fi
-    set_up "$kind" "$ROOT_DIR"
-    tar -C "$ROOT_DIR" -cf "$tarball.part" .
+    set_up "$kind" "$root"
+    tar -C "$root" -cf "$tarball.part" .
     mv "$tarball.part" "$tarball"
-    rm -rf "$ROOT_DIR"
-    ROOT_DIR=
-}
+)
 
 is_stand_in() {
     docker image inspect -f '{{json .Config.Labels}}' "$1" 2>/dev/null | grep -q "\"$LABEL\""
 }
 
+tarball_of() {
+    local repository=${1%%:*}
+    echo "$CACHE/${repository##*/}-bookworm-r$RECIPES.tar"
+}
+
+# 1. What cannot be had from a registry, and has no stand-in yet.
+wanted=()
 for image in "$@"; do
     if docker image inspect "$image" >/dev/null 2>&1 && ! is_stand_in "$image"; then
         continue  # the official image, pulled before
@@ -132,13 +137,35 @@ for image in "$@"; do
         continue  # made before; still no registry
     fi
     repository=${image%%:*}
-    kind=${repository##*/}
-    recipe "$kind" || { say "$image cannot be pulled and has no stand-in recipe"; exit 1; }
-    mkdir -p "$CACHE"
-    tarball="$CACHE/$kind-bookworm-r$RECIPES.tar"
-    if [ ! -s "$tarball" ]; then
-        make_root "$kind" "$tarball"
+    recipe "${repository##*/}" || { say "$image cannot be pulled and has no stand-in recipe"; exit 1; }
+    wanted+=("$image")
+done
+[ ${#wanted[@]} -gt 0 ] || exit 0
+
+# 2. The Debian roots not cached yet, all at once (a minute or two each, mostly dpkg).
+mkdir -p "$CACHE"
+jobs=()
+for image in "${wanted[@]}"; do
+    tarball=$(tarball_of "$image")
+    if [ ! -s "$tarball" ] && ! [[ " ${jobs[*]} " == *" $tarball "* ]]; then
+        command -v debootstrap >/dev/null || { say "debootstrap is not installed"; exit 1; }
+        repository=${image%%:*}
+        say "debootstrap bookworm for $image from $MIRROR"
+        make_root "${repository##*/}" "$tarball" &
+        jobs+=("$!" "$tarball")
     fi
+done
+failed=0
+for ((i = 0; i < ${#jobs[@]}; i += 2)); do
+    wait "${jobs[i]}" || failed=1
+done
+[ "$failed" = 0 ] || exit 1
+
+# 3. Each stand-in imported under the official name, labelled as what it is.
+for image in "${wanted[@]}"; do
+    repository=${image%%:*}
+    recipe "${repository##*/}"
+    tarball=$(tarball_of "$image")
     changes=()
     for change in "${CHANGES[@]}" \
         "LABEL $LABEL=\"Debian bookworm stand-in for $image, made by docker/stand-in-base-images.sh because it could not be pulled\""; do
