@@ -132,7 +132,8 @@ class Stack:
         """One more container of `service` (Compose's `--scale` adds them so); its name."""
         spec = self.compose["services"][service]
         names = self.containers.setdefault(service, [])
-        name = f"{self.project}-{service}-{len(names) + 1}"
+        number = 1 + max((int(name.rsplit("-", 1)[1]) for name in names), default=0)
+        name = f"{self.project}-{service}-{number}"
         command = [interpolate(str(word), self.variables) for word in spec.get("command") or []]
         docker("run", "-d", "--name", name, *self.options(service), spec["image"], *command)
         names.append(name)
