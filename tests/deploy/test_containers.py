@@ -112,7 +112,8 @@ def build(compose: dict, service: str, report: Report) -> str:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     size = int(docker("image", "inspect", "-f", "{{.Size}}", image))
-    cached = result.stdout.count("Using cache")
+    output = result.stdout + result.stderr
+    cached = output.count("Using cache") + output.count(" CACHED")  # legacy builder, BuildKit
     report(
         f"built {image} in {time.monotonic() - began:.1f} s ({cached} steps from the cache), "
         f"{size / 1e6:.0f} MB" + (" on a stand-in base" if stand_in(image) else "")
