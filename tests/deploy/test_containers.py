@@ -100,6 +100,7 @@ def build(compose: dict, service: str, report: Report) -> str:
     """`docker compose build SERVICE`: its image, built with the engine's layer cache."""
     spec = compose["services"][service]
     image = spec["image"]
+    previous = docker("image", "inspect", "-f", "{{.Id}}", image, check=False)
     began = time.monotonic()
     recipe = spec["build"]
     result = subprocess.run(
@@ -111,6 +112,10 @@ def build(compose: dict, service: str, report: Report) -> str:
         timeout=3600,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    if previous and previous != docker("image", "inspect", "-f", "{{.Id}}", image):
+        # The image this tag named before, untagged now: run after run of changed sources,
+        # those would pile up on CI's disk (gigabytes each, the trainer's).
+        docker("rmi", previous, check=False)
     size = int(docker("image", "inspect", "-f", "{{.Size}}", image))
     output = result.stdout + result.stderr
     cached = output.count("Using cache") + output.count(" CACHED")  # legacy builder, BuildKit
