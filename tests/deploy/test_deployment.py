@@ -4,7 +4,6 @@ both Dockerfiles, and each image's exact command and environment run outside a c
 from __future__ import annotations
 
 import fnmatch
-import io
 import json
 import os
 import re
@@ -18,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from PIL import Image
 
+from tests.deploy.stack import interpolate, picture
 from tests.service.conftest import free_port, start_redis
 from tests.service.helpers import SYNC_DEADLINE_S
 
@@ -60,9 +59,8 @@ TEST_KEY = "deployment-test-key"
 
 
 def substituted(value: str) -> str:
-    """Compose's ${NAME:-default} with nothing set, and ${NAME:?error} as an operator sets it."""
-    value = re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", TEST_KEY, value)
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+    """Compose's variables with nothing set but what an operator must set (the API key)."""
+    return interpolate(value, {"CURATORNET_API_KEY": TEST_KEY})
 
 
 def test_compose_names_the_services_and_their_wiring(compose: dict) -> None:
@@ -194,11 +192,7 @@ def test_the_api_containers_command_and_environment_serve_against_real_redis(
             httpx.Client(base_url=f"http://127.0.0.1:{p}", headers={"X-API-Key": TEST_KEY})
             for p in ports
         )
-        picture = io.BytesIO()
-        Image.effect_mandelbrot((320, 240), (-2.0, -1.2, 1.0, 1.2), 64).convert("RGB").save(
-            picture, "JPEG"
-        )
-        files = {"image": ("work.jpg", picture.getvalue(), "image/jpeg")}
+        files = {"image": ("work.jpg", picture(), "image/jpeg")}
         form = {"id": "via-first", "artist_id": "a"}
         assert first.post("/items", data=form, files=files).status_code == 200
         # The replica sync promise is a second (benchmarks/serve.py); a loaded machine gets more.
