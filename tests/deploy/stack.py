@@ -28,6 +28,8 @@ LABEL = "org.curatornet.deploy-test"
 PROJECT_PREFIX = "curatornet-test-"
 # docker/stand-in-base-images.sh's label on the images it makes (and so on those built on them).
 STAND_IN_LABEL = "org.curatornet.stand-in"
+# Each image the deployment test builds, by the compose service that names it.
+BUILT = ("api", "trainer")
 
 
 class DockerError(RuntimeError):
@@ -244,3 +246,37 @@ def remove_abandoned() -> list[str]:
             remove(project)
             abandoned.append(project)
     return abandoned
+
+
+def base_images(compose: Mapping[str, Any]) -> list[str]:
+    """The images the compose file runs as they are and those its built images start FROM."""
+    bases = {spec["image"] for spec in compose["services"].values() if "build" not in spec}
+    for service in BUILT:
+        dockerfile = ROOT / compose["services"][service]["build"]["dockerfile"]
+        bases |= set(re.findall(r"^FROM (\S+)", dockerfile.read_text(), re.MULTILINE))
+    return sorted(base for base in bases if ":" in base)  # not a stage's name
+
+
+def prepare_base_images(bases: list[str], capture: bool) -> subprocess.CompletedProcess[str]:
+    """docker/stand-in-base-images.sh for these images: pulled, or stood in for offline."""
+    return subprocess.run(
+        ["bash", str(ROOT / "docker" / "stand-in-base-images.sh"), *bases],
+        capture_output=capture,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+
+
+if __name__ == "__main__":
+    # .ci/run: the base images made with the machine's set-up, before the timed test suite
+    # (the first stand-ins take minutes); the deployment test then finds them ready.
+    import sys
+
+    import yaml
+
+    sys.exit(
+        prepare_base_images(
+            base_images(yaml.safe_load((ROOT / "docker-compose.yml").read_text())), capture=False
+        ).returncode
+    )

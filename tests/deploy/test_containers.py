@@ -22,7 +22,16 @@ import httpx
 import pytest
 import yaml
 
-from tests.deploy.stack import ROOT, STAND_IN_LABEL, Stack, docker, picture, remove_abandoned
+from tests.deploy.stack import (
+    ROOT,
+    STAND_IN_LABEL,
+    Stack,
+    base_images,
+    docker,
+    picture,
+    prepare_base_images,
+    remove_abandoned,
+)
 from tests.service.conftest import free_port
 from tests.service.helpers import SYNC_DEADLINE_S, eventually, random_item
 
@@ -31,8 +40,6 @@ API_KEY = "deployment-test-key"
 ADMIN_KEY = "deployment-test-admin-key"
 # What the shipped model (the api image's default) takes: the image encoder's features.
 FEATURE_DIM = json.loads((ROOT / "models" / "default" / "manifest.json").read_text())["feature_dim"]
-# Each image the test builds, by the compose service that names it.
-BUILT = ("api", "trainer")
 
 Report = Callable[[str], None]
 
@@ -69,21 +76,11 @@ def engine(compose: dict, report: Report) -> None:
     abandoned = remove_abandoned()
     if abandoned:
         report(f"removed what killed runs left: {', '.join(abandoned)}")
-    bases = {spec["image"] for spec in compose["services"].values() if "build" not in spec}
-    for service in BUILT:
-        dockerfile = ROOT / compose["services"][service]["build"]["dockerfile"]
-        bases |= set(re.findall(r"^FROM (\S+)", dockerfile.read_text(), re.MULTILINE))
-    bases = {base for base in bases if ":" in base}  # not a stage's name
+    bases = base_images(compose)
     began = time.monotonic()
-    prepared = subprocess.run(
-        ["bash", str(ROOT / "docker" / "stand-in-base-images.sh"), *sorted(bases)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=900,
-    )
+    prepared = prepare_base_images(bases, capture=True)
     assert prepared.returncode == 0, prepared.stderr
-    stand_ins = [base for base in sorted(bases) if stand_in(base)]
+    stand_ins = [base for base in bases if stand_in(base)]
     report(
         f"base images ready in {time.monotonic() - began:.1f} s"
         + (f"; STAND-INS from Debian packages: {', '.join(stand_ins)}" if stand_ins else "")
