@@ -272,7 +272,7 @@ def test_the_gateway_spreads_requests_over_every_replica_when_scaled(
         addresses = {stack.address(name) for name in stack.containers["api"]}
         assert len(addresses) == 4
         marker = uuid.uuid4().hex
-        deadline = time.monotonic() + 30  # nginx holds the old answer up to 5 s (`valid`)
+        deadline = time.monotonic() + 30  # nginx holds the old answer up to 2 s (`valid`)
         while True:
             for _ in range(20):
                 response = gateway.post(f"/recommend?probe={marker}", json={"history": catalogue})
