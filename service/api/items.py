@@ -39,6 +39,7 @@ from service.api.deps import (
 )
 from service.api.routing import FORM, FormRoute, JsonBodyRoute
 from service.api.schemas import (
+    MAX_ID_LENGTH,
     Identifier,
     RecommendedItem,
     errors,
@@ -61,6 +62,8 @@ router = APIRouter(tags=["items"])
 
 # Levels of objects and arrays one item's metadata may nest.
 MAX_METADATA_DEPTH = 8
+# Lengths of the known metadata fields (ItemMetadata, and plain_upload which reads as it does).
+MAX_TITLE, MAX_IMAGE_URL, MAX_TAG, MAX_TAGS = 500, 2048, 100, 50
 
 
 class ItemMetadata(BaseModel):
@@ -68,10 +71,12 @@ class ItemMetadata(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    title: str | None = Field(None, max_length=500)
+    title: str | None = Field(None, max_length=MAX_TITLE)
     price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    image_url: str | None = Field(None, max_length=2048)
-    tags: list[Annotated[str, Field(max_length=100)]] = Field(default_factory=list, max_length=50)
+    image_url: str | None = Field(None, max_length=MAX_IMAGE_URL)
+    tags: list[Annotated[str, Field(max_length=MAX_TAG)]] = Field(
+        default_factory=list, max_length=MAX_TAGS
+    )
 
     @model_validator(mode="after")
     def storable(self) -> ItemMetadata:
@@ -186,7 +191,7 @@ class ItemIn(ItemFields):
 
 
 # What an Identifier takes, narrowed to printable ASCII but '/': the ids `plain_upload` reads.
-_PLAIN_ID = re.compile(r"[!-.0-~]{1,200}")
+_PLAIN_ID = re.compile(f"[!-.0-~]{{1,{MAX_ID_LENGTH}}}")
 _PLAIN_FIELDS = frozenset({"id", "artist_id", "edition_size", "stock", "features", "features_b64"})
 _KNOWN_METADATA = frozenset(ItemMetadata.model_fields)
 # Prices read as they are: whole numbers up to here are floats exactly, as the model makes them.
@@ -233,10 +238,10 @@ def _plain_metadata(value: Any) -> dict[str, Any] | None:
     if type(value) is not dict:
         return None
     title, price, image_url = value.get("title"), value.get("price"), value.get("image_url")
-    if title is not None and (type(title) is not str or len(title) > 500 or not _text(title)):
+    if title is not None and (type(title) is not str or len(title) > MAX_TITLE or not _text(title)):
         return None
     if image_url is not None and (
-        type(image_url) is not str or len(image_url) > 2048 or not _text(image_url)
+        type(image_url) is not str or len(image_url) > MAX_IMAGE_URL or not _text(image_url)
     ):
         return None
     if price is not None:
@@ -245,9 +250,9 @@ def _plain_metadata(value: Any) -> dict[str, Any] | None:
         elif type(price) is not float or not 0 <= price < math.inf:
             return None
     tags = value.get("tags", [])
-    if type(tags) is not list or len(tags) > 50:
+    if type(tags) is not list or len(tags) > MAX_TAGS:
         return None
-    if not all(type(tag) is str and len(tag) <= 100 and _text(tag) for tag in tags):
+    if not all(type(tag) is str and len(tag) <= MAX_TAG and _text(tag) for tag in tags):
         return None
     others = {key: inner for key, inner in value.items() if key not in _KNOWN_METADATA}
     if others and not _storable(others):

@@ -12,7 +12,10 @@ from pydantic import BaseModel, Field, StringConstraints
 from service.recommender import Recommendation
 
 # Opaque ids: anything printable without whitespace or '/', so they are safe in a URL path.
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\s/]+$")]
+MAX_ID_LENGTH = 200
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"^[^\s/]+$")
+]
 
 
 class Contribution(BaseModel):
