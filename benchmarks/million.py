@@ -60,6 +60,7 @@ from serve import (
     MODEL_DIR,
     ROOT,
     Service,
+    numbers,
     percentiles,
     process_tree,
     results_header,
@@ -462,9 +463,6 @@ def print_summary(results: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    def numbers(text: str) -> list[int]:
-        return [int(part) for part in text.split(",") if part.strip()]
-
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

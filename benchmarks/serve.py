@@ -825,10 +825,12 @@ def print_table(results: dict[str, Any]) -> None:
             )
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    def numbers(text: str) -> list[int]:
-        return [int(part) for part in text.split(",") if part.strip()]
+def numbers(text: str) -> list[int]:
+    """A command-line list of whole numbers, comma-separated: "13297,100000"."""
+    return [int(part) for part in text.split(",") if part.strip()]
 
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -88,6 +88,15 @@ def started(
     return index, index.switch_model(model)
 
 
+def assert_rebuilt(
+    store: Store, snapshots: IndexSnapshots, model: LoadedModel, indexed: int
+) -> None:
+    """A start that did not use the snapshot: its index built from the store's works."""
+    _, build = started(store, snapshots, model)
+    assert build.snapshot is None
+    assert build.indexed == indexed
+
+
 def answers(index: ItemIndex, model: LoadedModel) -> list[list[tuple[str, str, float]]]:
     """Several customers' top 20, unfiltered and filtered every way the index filters."""
     rng = np.random.default_rng(1)
@@ -196,9 +205,7 @@ def test_a_snapshot_of_another_store_is_not_trusted(
         if moved.path != snapshots.path:  # named after the store: another store's, copied in
             shutil.copyfile(snapshots.path, moved.path)
         with caplog.at_level(logging.WARNING, logger="service"):
-            _, build = started(refilled, moved, model)
-        assert build.snapshot is None
-        assert build.indexed == 40
+            assert_rebuilt(refilled, moved, model, 40)
         assert "of another store" in caplog.text
     finally:
         refilled.close()
@@ -280,9 +287,7 @@ def test_a_snapshot_ahead_of_the_store_is_rebuilt(
         redis.Redis.from_url(store_url).delete(CHANGES)  # a log begun anew
     restored = open_store(store_url)
     try:
-        _, build = started(restored, snapshots, model)
-        assert build.snapshot is None
-        assert build.indexed == (300 if store_url.startswith("sqlite") else 320)
+        assert_rebuilt(restored, snapshots, model, 300 if store_url.startswith("sqlite") else 320)
     finally:
         restored.close()
 
@@ -302,9 +307,7 @@ def test_a_trimmed_change_stream_means_a_rebuild(
         store.upsert_items(artworks(model, range(300, 310)))
         redis.Redis.from_url(url).xtrim(CHANGES, maxlen=2, approximate=False)
         with caplog.at_level(logging.WARNING, logger="service"):
-            _, build = started(store, snapshots, model)
-        assert build.snapshot is None
-        assert build.indexed == 310
+            assert_rebuilt(store, snapshots, model, 310)
         assert "trimmed" in caplog.text
     finally:
         store.close()
