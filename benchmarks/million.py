@@ -41,7 +41,6 @@ import argparse
 import base64
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import subprocess
@@ -65,6 +64,7 @@ from serve import (
     process_tree,
     results_header,
     rss_mib,
+    write_results,
 )
 
 from curatornet.model_loader import LoadedModel, load_model
@@ -403,9 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="curatornet-million-", dir=args.dir) as tmp:
             measure(args, model, Path(tmp), results)
     finally:  # what was measured is kept, whatever stopped the run
-        results["machine"]["load_average_at_end"] = os.getloadavg()
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        write_results(results, args.out)
     print_summary(results)
     print(f"\nwritten to {args.out}")
     failed = sum(

@@ -904,6 +904,13 @@ def results_header(name: str, args: argparse.Namespace, fixed: dict[str, Any]) -
     }
 
 
+def write_results(results: dict[str, Any], out: Path) -> None:
+    """The run's JSON, with the machine's load at its end beside that at its start."""
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     results: dict[str, Any] = {
@@ -949,9 +956,7 @@ def main(argv: list[str] | None = None) -> int:
             "parity_max_abs_diff_vs_onnx": naive.parity_with_onnx(args.model_dir, args.seed),
         }
         results["sizes"] = [bench_size(n, args, empty, work, naive) for n in args.sizes]
-    results["machine"]["load_average_at_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results, args.out)
     print_table(results)
     print(f"\nwritten to {args.out}")
     failed = sum(
