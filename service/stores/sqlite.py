@@ -8,6 +8,7 @@ autoincrement sequence is the cursor other processes follow.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -43,7 +44,15 @@ from service.stores.base import (
 
 # SQLite's own codes for "another connection holds the lock" (its extended codes, such as
 # SQLITE_BUSY_SNAPSHOT, keep the primary code in their low byte).
+log = logging.getLogger(__name__)
+
 BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+# Seconds between a write and the checkpoint that follows it (`Checkpoints`): writes within it
+# share one checkpoint, so a burst of purchases does not sync the file once per purchase.
+CHECKPOINT_DELAY_S = 0.05
+# Pages of log past which a commit checkpoints by itself, as SQLite does by default at 1,000:
+# a backstop should the checkpoint thread fall behind, never reached while it keeps up.
+AUTOCHECKPOINT_PAGES = 25_000
 OUTAGES = (sqlite3.OperationalError,)  # what `is_outage` sorts
 
 
@@ -191,6 +200,55 @@ def _distinct_runs(items: list[NewItem]) -> Iterator[list[NewItem]]:
         yield run
 
 
+class Checkpoints:
+    """Copies the write-ahead log into the database file (a WAL checkpoint) on a thread and a
+    connection of its own, shortly after each write.
+
+    Why: SQLite checkpoints inside the commit that takes the log past 1,000 pages (4 MB), and a
+    checkpoint ends by syncing the database file to disk. A POST /items batch of 1,000 works
+    (4.5 MB) waited on that at every commit, as did each batch of a bulk load: about 18 µs a
+    work of the 35 µs SQLite took to write it on the README's machine. Here the disk's wait
+    overlaps the next request's work instead. What a commit promises is unchanged: with
+    synchronous=FULL the commit synced the log itself; with NORMAL, a power loss could always
+    lose the commits since the last checkpoint, which now comes CHECKPOINT_DELAY_S after a
+    write rather than at the log's 1,000th page.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._pending = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
+        self._thread.start()
+
+    def written(self) -> None:
+        self._pending.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._pending.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        try:
+            while True:
+                self._pending.wait()
+                # Cleared before the pause: a write during it or during the checkpoint is
+                # followed by another checkpoint.
+                self._pending.clear()
+                if self._stopping.wait(CHECKPOINT_DELAY_S):
+                    return
+                try:
+                    # PASSIVE: never waits for, nor blocks, a reader or a writer; what it could
+                    # not copy (a reader still on those pages) the next one copies.
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as error:  # another process checkpointing, a full disk
+                    log.warning("WAL checkpoint of %s failed: %s", self._path, error)
+        finally:
+            db.close()
+
+
 class SQLiteStore(Store):
     def __init__(self, url: str, synchronous: str = "NORMAL") -> None:
         """`synchronous`: NORMAL (WAL's default here) can lose the last commits to a power
@@ -211,6 +269,9 @@ class SQLiteStore(Store):
                 self._db.execute(
                     "ALTER TABLE items ADD COLUMN model_version TEXT NOT NULL DEFAULT ''"
                 )
+        self._checkpoints = None if path == ":memory:" else Checkpoints(path)
+        if self._checkpoints is not None:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -223,6 +284,8 @@ class SQLiteStore(Store):
                 if self._db.in_transaction:  # also when COMMIT itself failed
                     self._db.execute("ROLLBACK")
                 raise
+        if self._checkpoints is not None:
+            self._checkpoints.written()
 
     def _read(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         with self._lock:
@@ -528,5 +591,7 @@ class SQLiteStore(Store):
         self._read("SELECT 1")
 
     def close(self) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
         with self._lock:
             self._db.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -321,3 +323,30 @@ def test_sqlite_takes_either_durability_setting(tmp_path, synchronous: str) -> N
     reopened.close()
     with pytest.raises(ValueError, match="NORMAL or FULL"):
         open_store(url, "OFF")
+
+
+def test_sqlite_checkpoints_on_a_thread_of_its_own_shortly_after_a_write(tmp_path) -> None:
+    """What a write added reaches the database file itself (read here with the log ignored)
+    without a commit checkpointing inline, and closing the store stops the thread."""
+    path = tmp_path / "store.db"
+    store = open_store(f"sqlite:///{path}")
+    store.upsert_items([new_item(f"w{n}", seed=n) for n in range(200)])
+
+    def in_the_file() -> int:
+        """The works the file holds: a connection that takes the file as unchanging reads
+        it alone, not the log beside it."""
+        without_log = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            return without_log.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        except sqlite3.OperationalError:  # not even the tables there yet
+            return 0
+        finally:
+            without_log.close()
+
+    deadline = time.monotonic() + 10
+    while in_the_file() < 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert in_the_file() == 200
+    assert any(t.name == "sqlite-checkpoints" for t in threading.enumerate())
+    store.close()
+    assert not any(t.name == "sqlite-checkpoints" for t in threading.enumerate())
