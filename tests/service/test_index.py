@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -131,14 +133,72 @@ def test_replace_and_remove(kind: str) -> None:
     assert index.entry("i3") is None
 
 
-def test_hnsw_compacts_when_tombstones_pile_up() -> None:
+def compacted(index: ItemIndex) -> None:
+    """Wait for the HNSW compaction under way, if any, to hand over."""
+    building = index._compaction
+    if building is not None:
+        building.join(timeout=60)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_the_index_compacts_when_tombstones_pile_up(kind: str) -> None:
     data = catalogue(100)
-    index = filled("hnsw", data)
+    index = filled(kind, data)
     doomed = int(100 * REBUILD_TOMBSTONE_SHARE) + 1
     index.remove(list(data.keys[:doomed]))
+    compacted(index)
     assert index._faiss.ntotal == 100 - doomed  # rebuilt without the removed vectors
     found = {hit.item_id for hit in index.search(data.embeddings[0], 100)}
     assert found == set(data.item_ids[doomed:])
+
+
+def test_hnsw_compacts_on_a_thread_while_searches_and_changes_go_on(monkeypatch) -> None:
+    """While the new graph is built (held here until the test lets it go), searches answer
+    and works are added, replaced and removed; the graph handed over has them all."""
+    building, release = threading.Event(), threading.Event()
+    build = ItemIndex._index_of
+
+    def held(self: ItemIndex, vectors: np.ndarray):
+        if threading.current_thread().name == "index-compaction":
+            building.set()
+            assert release.wait(timeout=60)
+        return build(self, vectors)
+
+    monkeypatch.setattr(ItemIndex, "_index_of", held)
+    data = catalogue(100)
+    index = filled("hnsw", data)
+    doomed = int(100 * REBUILD_TOMBSTONE_SHARE) + 1
+    index.remove(list(data.keys[:doomed]))  # i0 to i20 gone: the build starts
+    assert building.wait(timeout=10)
+    assert index._compaction is not None
+    rng = np.random.default_rng(9)
+    new = rng.normal(size=(5, DIM)).astype(np.float32)
+    index.upsert([300, 301, 302, 303, 304], [f"n{j}" for j in range(5)], ["b"] * 5, new, [2.0] * 5)
+    index.upsert([140], ["i40"], ["moved"], -data.embeddings[40][None], [3.0])  # replaced
+    index.remove([150, 302])  # one of the graph being built, one added since
+    expected = (set(data.item_ids[doomed:]) - {"i50"}) | {"n0", "n1", "n3", "n4"}
+    query = data.embeddings[60]
+    assert {hit.item_id for hit in index.search(query, 200)} == expected  # not waiting
+    release.set()
+    compacted(index)
+    assert index._compaction is None
+    # The tombstones at the start and the works added since dead before the hand-over are gone;
+    # i40's first slot (removed while building) and i50's stay as tombstones until next time.
+    assert index._faiss.ntotal == 100 - doomed + 5 + 1 - 1
+    assert len(index) == len(expected)
+    assert {hit.item_id for hit in index.search(query, 200)} == expected
+    assert index.entry("i40").artist_id == "moved"
+    assert index.version(140) == 3.0
+    assert index.entry("n2") is None
+    assert index.entry("i50") is None
+    assert index.entry("n4").key == 304
+    # Ranked as brute force over what is for sale now.
+    vectors = {h: v for h, v in zip(data.item_ids, data.embeddings, strict=True)}
+    vectors |= {f"n{j}": new[j] for j in range(5)} | {"i40": -data.embeddings[40]}
+    ids = sorted(expected)
+    scores = np.stack([vectors[i] for i in ids]) @ query
+    best = [ids[j] for j in np.argsort(-scores, kind="stable")[:10]]
+    assert [hit.item_id for hit in index.search(query, 10)] == best
 
 
 def test_unknown_kind_is_refused() -> None:
