@@ -47,9 +47,10 @@ from service.stores.base import (
 log = logging.getLogger(__name__)
 
 BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-# Seconds between a write and the checkpoint that follows it (`Checkpoints`): writes within it
-# share one checkpoint, so a burst of purchases does not sync the file once per purchase.
-CHECKPOINT_DELAY_S = 0.05
+# Rows written (inserted, updated or deleted) from one checkpoint to the next (`Checkpoints`):
+# one after each POST /items batch of 1,000 works, or every few hundred purchases, about as
+# often as SQLite's own checkpoint at 1,000 pages of log came.
+CHECKPOINT_ROWS = 1_000
 # Pages of log past which a commit checkpoints by itself, as SQLite does by default at 1,000:
 # a backstop should the checkpoint thread fall behind, never reached while it keeps up.
 AUTOCHECKPOINT_PAGES = 25_000
@@ -202,27 +203,30 @@ def _distinct_runs(items: list[NewItem]) -> Iterator[list[NewItem]]:
 
 class Checkpoints:
     """Copies the write-ahead log into the database file (a WAL checkpoint) on a thread and a
-    connection of its own, shortly after each write.
+    connection of its own, once CHECKPOINT_ROWS rows were written since the last one.
 
     Why: SQLite checkpoints inside the commit that takes the log past 1,000 pages (4 MB), and a
     checkpoint ends by syncing the database file to disk. A POST /items batch of 1,000 works
     (4.5 MB) waited on that at every commit, as did each batch of a bulk load: about 18 µs a
     work of the 35 µs SQLite took to write it on the README's machine. Here the disk's wait
-    overlaps the next request's work instead. What a commit promises is unchanged: with
-    synchronous=FULL the commit synced the log itself; with NORMAL, a power loss could always
-    lose the commits since the last checkpoint, which now comes CHECKPOINT_DELAY_S after a
-    write rather than at the log's 1,000th page.
+    overlaps the next request's work instead. Checkpoints come about as often as before, so
+    what a commit promises is unchanged: with synchronous=FULL the commit synced the log
+    itself; with NORMAL, a power loss can lose the commits since the last checkpoint.
     """
 
     def __init__(self, path: str) -> None:
         self._path = path
+        self._rows_then = 0  # the writing connection's total_changes at the last request
         self._pending = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-checkpoints", daemon=True)
         self._thread.start()
 
-    def written(self) -> None:
-        self._pending.set()
+    def written(self, rows: int) -> None:
+        """After a commit: `rows` is how many rows the writing connection has written so far."""
+        if rows - self._rows_then >= CHECKPOINT_ROWS:
+            self._rows_then = rows
+            self._pending.set()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -234,10 +238,8 @@ class Checkpoints:
         try:
             while True:
                 self._pending.wait()
-                # Cleared before the pause: a write during it or during the checkpoint is
-                # followed by another checkpoint.
-                self._pending.clear()
-                if self._stopping.wait(CHECKPOINT_DELAY_S):
+                self._pending.clear()  # rows written during the checkpoint count for the next
+                if self._stopping.is_set():
                     return
                 try:
                     # PASSIVE: never waits for, nor blocks, a reader or a writer; what it could
@@ -285,7 +287,7 @@ class SQLiteStore(Store):
                     self._db.execute("ROLLBACK")
                 raise
         if self._checkpoints is not None:
-            self._checkpoints.written()
+            self._checkpoints.written(self._db.total_changes)
 
     def _read(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         with self._lock:
