@@ -15,9 +15,9 @@ each (editions large enough that nothing sells out). Then:
 1. exact answers, in this process: each sampled customer's top 20 by the served rule (the
    user tower over the stored embeddings of their purchases, an item's score its best inner
    product with the interests, purchases left out), over every work; and, once the service
-   has written its snapshot, that snapshot loaded here and the HNSW search alone timed on
-   one thread for the same customers, so a request's latency splits into the search and the
-   rest;
+   has written its snapshot, that snapshot loaded here and the HNSW search alone timed, on
+   the service's search threads, for the same customers, so a request's latency splits into
+   the search and the rest;
 2. `python -m service` with CURATORNET_INDEX_KIND=hnsw and no snapshot on disk: time to
    /readyz (the rebuild from the store, and the snapshot it then writes), RSS; the sampled
    customers' POST /recommend one at a time on one keep-alive connection: latency, server CPU
@@ -195,22 +195,28 @@ def search_times(
     baskets: list[list[int]],
     efs: list[int],
 ) -> dict[str, Any]:
-    """The HNSW search alone, in this process on one thread, for the same customers: the
-    snapshot the service wrote loaded here, each customer's interests searched for the top K
-    with their purchases left out, as the service searches. What a request costs beside it
-    is the service's own (HTTP, the user tower, the store)."""
+    """The HNSW search alone, in this process, for the same customers: the snapshot the
+    service wrote loaded here, each customer's interests searched for the top K with their
+    purchases left out, as the service searches (on CURATORNET_HNSW_SEARCH_THREADS threads).
+    What a request costs beside it is the service's own (HTTP, the user tower, the store)."""
     settings = Settings(store_url=f"sqlite:///{database}")
     store = open_store(settings.store_url)
     try:
         snapshots = IndexSnapshots.for_store(settings, store)
         assert snapshots is not None
-        empty = ItemIndex(model.embedding_dim, "hnsw", settings.hnsw_m, efs[0])
+        empty = ItemIndex(
+            model.embedding_dim,
+            "hnsw",
+            settings.hnsw_m,
+            efs[0],
+            hnsw_search_threads=settings.hnsw_search_threads,
+        )
         began = time.perf_counter()
         index, _ = snapshots.load(empty, model.version, store.change_cursor())
         loaded = time.perf_counter() - began
     finally:
         store.close()
-    figures: dict[str, Any] = {"snapshot_load_s": loaded}
+    figures: dict[str, Any] = {"snapshot_load_s": loaded, "threads": index.hnsw_search_threads}
     for ef in efs:
         index.hnsw_ef_search = ef
         seconds = []
@@ -437,7 +443,7 @@ def print_summary(results: dict[str, Any]) -> None:
     searched = results["search_in_process"]
     print(
         f"snapshot loaded in process in {searched['snapshot_load_s']:.1f} s; HNSW search alone, "
-        "one thread, p50/p95 ms: "
+        f"{searched['threads']} thread(s), p50/p95 ms: "
         + ", ".join(
             f"efSearch {name.rsplit('_', 1)[1]} {f['p50_ms']:.2f}/{f['p95_ms']:.2f}"
             for name, f in searched.items()
