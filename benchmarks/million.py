@@ -15,9 +15,9 @@ each (editions large enough that nothing sells out). Then:
 1. exact answers, in this process: each sampled customer's top 20 by the served rule (the
    user tower over the stored embeddings of their purchases, an item's score its best inner
    product with the interests, purchases left out), over every work; and, once the service
-   has written its snapshot, that snapshot loaded here and the HNSW search alone timed on
-   one thread for the same customers, so a request's latency splits into the search and the
-   rest;
+   has written its snapshot, that snapshot loaded here and the HNSW search alone timed, on
+   the service's search threads, for the same customers, so a request's latency splits into
+   the search and the rest;
 2. `python -m service` with CURATORNET_INDEX_KIND=hnsw and no snapshot on disk: time to
    /readyz (the rebuild from the store, and the snapshot it then writes), RSS; the sampled
    customers' POST /recommend one at a time on one keep-alive connection: latency, server CPU
@@ -194,32 +194,44 @@ def search_times(
     queries: list[np.ndarray],
     baskets: list[list[int]],
     efs: list[int],
+    threads: list[int],
 ) -> dict[str, Any]:
-    """The HNSW search alone, in this process on one thread, for the same customers: the
-    snapshot the service wrote loaded here, each customer's interests searched for the top K
-    with their purchases left out, as the service searches. What a request costs beside it
-    is the service's own (HTTP, the user tower, the store)."""
+    """The HNSW search alone, in this process, for the same customers: the snapshot the
+    service wrote loaded here, each customer's interests searched for the top K with their
+    purchases left out, as the service searches, for each efSearch and search thread count.
+    What a request costs beside it is the service's own (HTTP, the user tower, the store)."""
     settings = Settings(store_url=f"sqlite:///{database}")
     store = open_store(settings.store_url)
     try:
         snapshots = IndexSnapshots.for_store(settings, store)
         assert snapshots is not None
-        empty = ItemIndex(model.embedding_dim, "hnsw", settings.hnsw_m, efs[0])
+        empty = ItemIndex(
+            model.embedding_dim,
+            "hnsw",
+            settings.hnsw_m,
+            efs[0],
+            hnsw_search_threads=threads[0],
+        )
         began = time.perf_counter()
         index, _ = snapshots.load(empty, model.version, store.change_cursor())
         loaded = time.perf_counter() - began
     finally:
         store.close()
-    figures: dict[str, Any] = {"snapshot_load_s": loaded}
+    figures: dict[str, Any] = {"snapshot_load_s": loaded, "searches": []}
     for ef in efs:
-        index.hnsw_ef_search = ef
-        seconds = []
-        for interests, basket in zip(queries, baskets, strict=True):
-            excluded = {item_id(row) for row in basket}
-            began = time.perf_counter()
-            index.search(interests, K, excluded)
-            seconds.append(time.perf_counter() - began)
-        figures[f"ef_search_{ef}"] = percentiles(seconds)
+        for count in threads:
+            index.hnsw_ef_search, index.hnsw_search_threads = ef, count
+            seconds = []
+            cpu_before = time.process_time()
+            for interests, basket in zip(queries, baskets, strict=True):
+                excluded = {item_id(row) for row in basket}
+                began = time.perf_counter()
+                index.search(interests, K, excluded)
+                seconds.append(time.perf_counter() - began)
+            cpu_ms = 1000 * (time.process_time() - cpu_before) / len(queries)
+            figures["searches"].append(
+                {"ef_search": ef, "threads": count, **percentiles(seconds), "cpu_ms": cpu_ms}
+            )
     return figures
 
 
@@ -300,12 +312,24 @@ def started(service: Service) -> dict[str, Any]:
 
 
 def serve_once(
-    database: Path, log: Path, workers: int, ef_search: int, exact: list[list[str]] | None
+    database: Path,
+    log: Path,
+    workers: int,
+    ef_search: int,
+    threads: int,
+    exact: list[list[str]] | None,
 ) -> dict[str, Any]:
-    with environment(CURATORNET_HNSW_EF_SEARCH=str(ef_search)):
+    with environment(
+        CURATORNET_HNSW_EF_SEARCH=str(ef_search), CURATORNET_HNSW_SEARCH_THREADS=str(threads)
+    ):
         service = Service(database, workers, log, MODEL_DIR)
     try:
-        run = {"workers": workers, "ef_search": ef_search, **started(service)}
+        run = {
+            "workers": workers,
+            "ef_search": ef_search,
+            "search_threads": threads,
+            **started(service),
+        }
         if exact is not None:
             run["recommend"] = series(service, exact)
     finally:
@@ -349,33 +373,36 @@ def measure(args: argparse.Namespace, model: LoadedModel, work: Path, results: d
     print("... exact answers in process", flush=True)
     exact, queries = exact_answers(model, embeddings, baskets)
     del embeddings
-    default_ef = args.ef_search[0]
+    default_ef, threads = args.ef_search[0], args.search_threads[0]
     with environment(CURATORNET_INDEX_KIND="hnsw", CURATORNET_INFERENCE_THREADS="1"):
         print("... service without a snapshot: rebuild from the store", flush=True)
         results["without_snapshot"] = serve_once(
-            database, work / "rebuild.log", 1, default_ef, exact
+            database, work / "rebuild.log", 1, default_ef, threads, exact
         )
         snapshot = database.with_name(database.name + ".index")
         results["snapshot_bytes_per_work"] = snapshot.stat().st_size / args.items
         print("... the HNSW search alone, in process", flush=True)
         results["search_in_process"] = search_times(
-            database, model, queries, baskets, args.ef_search
+            database, model, queries, baskets, args.ef_search, args.search_threads
         )
         results["with_snapshot"] = []
         for ef in args.ef_search:
-            print(f"... service from the snapshot, efSearch {ef}", flush=True)
-            log = work / f"snapshot-ef{ef}.log"
-            results["with_snapshot"].append(serve_once(database, log, 1, ef, exact))
+            for count in args.search_threads:
+                print(f"... service from the snapshot, efSearch {ef}, {count} threads", flush=True)
+                log = work / f"snapshot-ef{ef}-threads{count}.log"
+                results["with_snapshot"].append(serve_once(database, log, 1, ef, count, exact))
         if args.replay:
             print(f"... {args.replay:,} works uploaded again, then from the snapshot", flush=True)
             # The first works again, with the features of another market's: new versions.
             results["replay"] = bulk_load(url, args.replay, args.seed + 1, work / "again.log")
             log = work / "snapshot-replay.log"
-            results["with_snapshot"].append(serve_once(database, log, 1, default_ef, None))
+            results["with_snapshot"].append(serve_once(database, log, 1, default_ef, threads, None))
         for workers in [w for w in args.workers if w > 1]:
             print(f"... {workers} workers from the snapshot", flush=True)
             log = work / f"snapshot-{workers}-workers.log"
-            results["with_snapshot"].append(serve_once(database, log, workers, default_ef, None))
+            results["with_snapshot"].append(
+                serve_once(database, log, workers, default_ef, threads, None)
+            )
     if args.redis_items:
         print(f"... Redis: {args.redis_items:,} works", flush=True)
         results["redis"] = redis_bytes(args.redis_items, args.seed, work)
@@ -431,17 +458,18 @@ def print_summary(results: dict[str, Any]) -> None:
         redis_ = results["redis"]
         print(f"Redis: {redis_['bytes_per_work']:,.0f} bytes per work ({redis_['items']:,} works)")
     header = (
-        f"{'start':<9} {'w':>2} {'ef':>4} {'replayed':>8} {'ready s':>8} {'RSS MiB/worker':>15} "
-        f"{'peak MiB':>9} {'recall@20':>9} {'p50 ms':>7} {'p95 ms':>7} {'CPU ms/req':>10}"
+        f"{'start':<9} {'w':>2} {'ef':>4} {'thr':>3} {'replayed':>8} {'ready s':>8} "
+        f"{'RSS MiB/worker':>15} {'peak MiB':>9} {'recall@20':>9} {'p50 ms':>7} {'p95 ms':>7} "
+        f"{'CPU ms/req':>10}"
     )
     searched = results["search_in_process"]
     print(
         f"snapshot loaded in process in {searched['snapshot_load_s']:.1f} s; HNSW search alone, "
-        "one thread, p50/p95 ms: "
+        "p50/p95 ms (CPU ms): "
         + ", ".join(
-            f"efSearch {name.rsplit('_', 1)[1]} {f['p50_ms']:.2f}/{f['p95_ms']:.2f}"
-            for name, f in searched.items()
-            if name.startswith("ef_search_")
+            f"efSearch {f['ef_search']} on {f['threads']} {f['p50_ms']:.2f}/{f['p95_ms']:.2f}"
+            f" ({f['cpu_ms']:.2f})"
+            for f in searched["searches"]
         )
     )
     print(header)
@@ -451,7 +479,8 @@ def print_summary(results: dict[str, Any]) -> None:
         recall = figures.get("recall_at_20")
         print(
             f"{'snapshot' if run['loaded_from_snapshot'] else 'rebuild':<9} {run['workers']:>2} "
-            f"{run['ef_search']:>4} {sum(run['changes_replayed']):>8} {run['ready_s']:>8.1f} "
+            f"{run['ef_search']:>4} {run['search_threads']:>3} "
+            f"{sum(run['changes_replayed']):>8} {run['ready_s']:>8.1f} "
             f"{'/'.join(f'{r:.0f}' for r in run['rss_mib_per_worker']):>15} "
             f"{max(run['peak_rss_mib_per_worker']):>9.0f} "
             f"{'-' if recall is None else f'{recall:.3f}':>9} "
@@ -471,6 +500,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=numbers,
         default=[128, 64, 256],
         help="HNSW efSearch values served from the snapshot; the first also for the rebuild",
+    )
+    parser.add_argument(
+        "--search-threads",
+        type=numbers,
+        default=[Settings.model_fields["hnsw_search_threads"].default],
+        help="CURATORNET_HNSW_SEARCH_THREADS values, each served with every efSearch; the "
+        "first for the other starts (default: the service's default)",
     )
     parser.add_argument("--workers", type=numbers, default=[1, 2], help="worker counts")
     parser.add_argument(

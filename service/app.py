@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     settings.hnsw_m,
                     settings.hnsw_ef_search,
                     settings.inference_threads,
+                    settings.hnsw_search_threads,
                 ),
                 IndexSnapshots.for_store(settings, store),
             )

@@ -54,7 +54,20 @@ class Settings(BaseSettings):
     )
     index_kind: Literal["flat", "hnsw"] = Field("flat", description="exact or HNSW search")
     hnsw_m: int = Field(32, ge=4, le=128)
-    hnsw_ef_search: int = Field(128, ge=8, le=4096)
+    hnsw_ef_search: int = Field(
+        96,
+        ge=8,
+        le=4096,
+        description="HNSW search breadth: recall@20 0.975 at a million works, against 0.983 "
+        "at 128 for a third more search (README: A million artworks)",
+    )
+    hnsw_search_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="threads one HNSW search runs on: a customer's interests (4) are searched "
+        "side by side, at most one per thread; 1 where every core already runs a busy worker",
+    )
     index_snapshots: bool = Field(
         True,
         description="keep the built index on disk between starts and start from it, replaying "

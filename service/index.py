@@ -62,14 +62,17 @@ class ItemIndex:
         dim: int,
         kind: str = "flat",
         hnsw_m: int = 32,
-        hnsw_ef_search: int = 128,
+        hnsw_ef_search: int = 96,
         threads: int = 1,
+        hnsw_search_threads: int = 2,
     ) -> None:
-        """`threads`: OpenMP threads per search (and per HNSW insertion)."""
+        """`threads`: OpenMP threads per HNSW insertion; `hnsw_search_threads`: per HNSW
+        search (the settings' `inference_threads` and `hnsw_search_threads`)."""
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
         self.dim, self.kind, self.threads = dim, kind, threads
         self.hnsw_m, self.hnsw_ef_search = hnsw_m, hnsw_ef_search
+        self.hnsw_search_threads = hnsw_search_threads
         self._lock = threading.RLock()
         self._faiss = self._new_faiss()
         self._slots = 0  # slots used, live or tombstones: FAISS's ntotal
@@ -202,11 +205,7 @@ class ItemIndex:
         self._slot_of_key = grown(self._slot_of_key, keys, fill=-1)
 
     def _set_live(self, slots: np.ndarray, live: bool) -> None:
-        masks = np.left_shift(1, slots & 7).astype(np.uint8)
-        if live:
-            np.bitwise_or.at(self._live, slots >> 3, masks)
-        else:
-            np.bitwise_and.at(self._live, slots >> 3, ~masks)
+        _set_bits(self._live, slots, live)
 
     def remove(self, keys: np.ndarray | list[int]) -> None:
         keys = np.asarray(keys, np.int64).reshape(-1)
@@ -344,11 +343,19 @@ class ItemIndex:
                 scores, slots = self._exact(query, k, mask, excluded)
                 return self._ranked(scores, slots)
             elif exclude_artists or self._slots > self._live_count:
-                # Tombstones or whole artists left out, perhaps many: a bitmap of the rest.
-                bitmap = np.packbits(
-                    self._allowed_mask(excluded, exclude_artists), bitorder="little"
-                )
-                k = min(k, int(np.bitwise_count(bitmap).sum()))
+                # Whole artists left out, perhaps many, or tombstones: a bitmap of the rest.
+                if exclude_artists:
+                    bitmap = np.packbits(
+                        self._allowed_mask(excluded, exclude_artists), bitorder="little"
+                    )
+                    k = min(k, int(np.bitwise_count(bitmap).sum()))
+                else:
+                    # The live bits less the excluded slots' (all live, all distinct): 13 us
+                    # at a million slots, where unpacking them to a bool each and packing the
+                    # mask again took 1.5 ms, to every request once a single work was sold.
+                    bitmap = self._live[: (self._slots + 7) // 8].copy()
+                    _set_bits(bitmap, excluded, False)
+                    k = min(k, self._live_count - len(excluded))
                 if k <= 0:
                     return []
                 selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
@@ -424,12 +431,18 @@ class ItemIndex:
     def _graph_search(
         self, query: np.ndarray, k: int, selector: faiss.IDSelector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The HNSW index's search: [Q, k] scores and slots (-1 where fewer were found)."""
+        """The HNSW index's search: [Q, k] scores and slots (-1 where fewer were found).
+
+        FAISS shares the Q queries out among `hnsw_search_threads` OpenMP threads (one query
+        runs on the calling thread alone). A search of a million works waits on memory more
+        than it computes, and the request's thread would wait for it anyway: two threads took
+        a customer's four queries from 2.2 to 1.2 ms at efSearch 96 for about the same CPU,
+        while a second core was free (README: A million artworks)."""
         # OpenMP's thread count is a setting of the calling thread, and searches run on
         # whichever thread of the server's pool takes the request: set in the lifespan only,
-        # it never reached them, and each search woke a pool of one thread per core whose
-        # threads then spun between requests (three times the CPU of the search itself).
-        faiss.omp_set_num_threads(self.threads)
+        # it never reached them, and each search woke a pool of one thread per core. Between
+        # searches those threads sleep (OMP_WAIT_POLICY, set in service/__init__.py).
+        faiss.omp_set_num_threads(self.hnsw_search_threads)
         # faiss's stubs lack SearchParametersHNSW and the keyword arguments its Python wrapper
         # takes; both are documented and used as the library's own tests use them.
         params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
@@ -486,7 +499,7 @@ class ItemIndex:
         (efSearch and threads are search settings, free to differ from the writer's);
         SnapshotMismatch when it is not of that shape."""
         dim, kind, hnsw_m = like.dim, like.kind, like.hnsw_m
-        index = cls(dim, kind, hnsw_m, like.hnsw_ef_search, like.threads)
+        index = cls(dim, kind, hnsw_m, like.hnsw_ef_search, like.threads, like.hnsw_search_threads)
 
         def array(dtype: type[np.generic]) -> np.ndarray:
             read = np.lib.format.read_array(stream, allow_pickle=False)
@@ -528,6 +541,15 @@ class ItemIndex:
         index._slot_of_key = np.full(int(keys.max(initial=-1)) + 1, -1, np.int32)
         index._slot_of_key[keys[live_slots]] = live_slots
         return index
+
+
+def _set_bits(bits: np.ndarray, slots: np.ndarray, on: bool) -> None:
+    """Set or clear the slots' bits in a bitmap of a bit per slot (little-endian bit order)."""
+    masks = np.left_shift(1, slots & 7).astype(np.uint8)
+    if on:
+        np.bitwise_or.at(bits, slots >> 3, masks)
+    else:
+        np.bitwise_and.at(bits, slots >> 3, ~masks)
 
 
 def _packed_strings(strings: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -248,3 +251,45 @@ def test_after_removals_the_exact_index_still_ranks_exactly() -> None:
     )
     assert [h.item_id for h in found] == brute_force(data, queries, 15, keep_filtered)
     assert len(index.search(queries, 500)) == 200 - len(removed)
+
+
+def test_hnsw_search_threads_change_no_answer() -> None:
+    """The queries are shared out among the threads, each searched as on one."""
+    data = catalogue(400)
+    one, two = (ItemIndex(DIM, "hnsw", hnsw_search_threads=threads) for threads in (1, 2))
+    for index in (one, two):
+        index.upsert(
+            data.keys, data.item_ids, data.artist_ids, np.stack(data.embeddings), data.updated_at
+        )
+    queries = np.random.default_rng(2).normal(size=(4, DIM)).astype(np.float32)
+    assert one.search(queries, 20, {"i1"}) == two.search(queries, 20, {"i1"})
+
+
+def test_hnsw_with_tombstones_leaves_out_the_removed_and_the_excluded() -> None:
+    """Tombstones put the search on the bitmap of live slots, less the excluded ones."""
+    data = catalogue(300)
+    index = filled("hnsw", data)
+    index.remove(list(data.keys[:10]))  # below the share that compacts
+    assert index._faiss.ntotal == 300
+    query = data.embeddings[20]
+    gone = set(data.item_ids[:10]) | {"i20", "i21"}
+    found = [hit.item_id for hit in index.search(query, 20, exclude_items={"i20", "i21"})]
+    assert len(found) == 20
+    assert not gone & set(found)
+    expected = brute_force(data, query, 20, lambda j: data.item_ids[j] not in gone)
+    assert len(set(found) & set(expected)) >= 18
+    everything = index.search(query, 1000, exclude_items={"i20", "i21"})
+    assert len(everything) == 288
+
+
+def test_openmp_threads_sleep_when_idle() -> None:
+    """OMP_WAIT_POLICY is set before FAISS (and its OpenMP) is loaded, as OpenMP reads it once."""
+    script = (
+        "import os, sys; import service.index; "
+        "print(os.environ['OMP_WAIT_POLICY'], 'faiss' in sys.modules)"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    said = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True
+    )
+    assert said.stdout.split() == ["PASSIVE", "True"]
