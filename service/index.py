@@ -111,13 +111,17 @@ class ItemIndex:
         """Whether a new HNSW graph is being built on the side (`_compact_in_background`)."""
         return self._compaction is not None
 
-    def version(self, key: int) -> float | None:
+    def versions(self, keys: np.ndarray | list[int]) -> np.ndarray:
+        """float64, the indexed version of each key, NaN for one not indexed (not for sale, or
+        never seen): NaN equals no version a store gives."""
+        keys = np.asarray(keys, np.int64).reshape(-1)
         with self._lock:
-            slot = self._slot_of(int(key))
-            return None if slot < 0 else float(self._versions[slot])
-
-    def _slot_of(self, key: int) -> int:
-        return int(self._slot_of_key[key]) if 0 <= key < len(self._slot_of_key) else -1
+            known = (keys >= 0) & (keys < len(self._slot_of_key))
+            slots = np.full(len(keys), -1, np.int64)
+            slots[known] = self._slot_of_key[keys[known]]
+            found = np.full(len(keys), np.nan)
+            found[slots >= 0] = self._versions[slots[slots >= 0]]
+            return found
 
     def median_norm(self) -> float | None:
         """The median length of the indexed embeddings (None while none is indexed): what

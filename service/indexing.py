@@ -221,12 +221,11 @@ class CatalogueIndex:
         """`model`'s embeddings for these rows: stored ones where `model` computed them, the
         rest recomputed from the stored features and written back for the next reader."""
         rows = np.empty((len(item_ids), model.embedding_dim), np.float32)
-        stale = []
-        for n, version in enumerate(versions):
-            if version == model.version:
-                rows[n] = stored[n]
-            else:
-                stale.append(n)
+        current = model.version
+        kept = [n for n, version in enumerate(versions) if version == current]
+        stale = [n for n, version in enumerate(versions) if version != current]
+        if kept:
+            rows[kept] = np.stack([stored[n] for n in kept])
         for start in range(0, len(stale), EMBED_BATCH):
             chunk = stale[start : start + EMBED_BATCH]
             features = self._store.features([item_ids[n] for n in chunk])
@@ -299,21 +298,21 @@ class CatalogueIndex:
     def _apply(self, serving: Serving, keys: list[int]) -> None:
         """Bring the index in line with the store for these keys (idempotent)."""
         records = self._store.index_records(keys)
-        fresh = [r for r in records if r.for_sale and serving.index.version(r.key) != r.updated_at]
-        serving.index.remove([r.key for r in records if not r.for_sale])
+        index = serving.index
+        fresh = np.flatnonzero(
+            records.for_sale & (index.versions(records.keys) != records.updated_at)
+        ).tolist()
+        index.remove(records.keys[~records.for_sale])
         if fresh:
+            fresh_keys, updated_at = records.keys[fresh], records.updated_at[fresh].tolist()
+            item_ids = [records.item_ids[n] for n in fresh]
             embeddings, _ = self._current_embeddings(
                 serving.model,
-                [r.key for r in fresh],
-                [r.id for r in fresh],
-                [r.embedding for r in fresh],
-                [r.model_version for r in fresh],
-                [r.updated_at for r in fresh],
+                fresh_keys,
+                item_ids,
+                [records.embeddings[n] for n in fresh],
+                [records.model_versions[n] for n in fresh],
+                updated_at,
             )
-            serving.index.upsert(
-                [r.key for r in fresh],
-                [r.id for r in fresh],
-                [r.artist_id for r in fresh],
-                embeddings,
-                [r.updated_at for r in fresh],
-            )
+            artists = [records.artist_ids[n] for n in fresh]
+            index.upsert(fresh_keys, item_ids, artists, embeddings, updated_at)

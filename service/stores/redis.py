@@ -31,7 +31,7 @@ from service.stores.base import (
     ChangesLost,
     Counts,
     EditionExhaustedError,
-    IndexRecord,
+    IndexRecords,
     Item,
     NewItem,
     NotForSaleError,
@@ -549,27 +549,28 @@ class RedisStore(Store):
         rows = self._fields(item_ids, "stock", "deleted")
         return {item_id for item_id, (stock, gone) in rows if _for_sale(stock, gone)}
 
-    def index_records(self, keys: list[int]) -> list[IndexRecord]:
+    def index_records(self, keys: list[int]) -> IndexRecords:
         unique = list(dict.fromkeys(int(k) for k in keys))
-        if not unique:
-            return []
-        ids = [i.decode() for i in self._redis.hmget(KEYS, unique) if i is not None]
+        found = self._redis.hmget(KEYS, unique) if unique else []
+        ids = [i.decode() for i in found if i is not None]
         fields = ("key", "artist_id", "embedding", "stock", "deleted", "updated_at")
-        return [
-            IndexRecord(
-                int(key),
-                item_id,
-                artist.decode(),
-                as_vector(embedding),
-                _for_sale(stock, deleted),
-                float(updated),
-                (version or b"").decode(),
-            )
-            for item_id, (key, artist, embedding, stock, deleted, updated, version) in self._fields(
-                ids, *fields, "model_version"
-            )
-            if key is not None
-        ]
+        return IndexRecords.of_rows(
+            [
+                (
+                    int(key),
+                    item_id,
+                    artist.decode(),
+                    embedding,
+                    _for_sale(stock, deleted),
+                    float(updated),
+                    (version or b"").decode(),
+                )
+                for item_id, (key, artist, embedding, stock, deleted, updated, version) in (
+                    self._fields(ids, *fields, "model_version")
+                )
+                if key is not None
+            ]
+        )
 
     def delete_item(self, item_id: str) -> Item | None:
         fields = self._delete(args=[PREFIX, item_id, time.time()])

@@ -24,7 +24,7 @@ from service.stores.base import (
     Catalogue,
     Counts,
     EditionExhaustedError,
-    IndexRecord,
+    IndexRecords,
     Item,
     NewItem,
     NotForSaleError,
@@ -426,22 +426,15 @@ class SQLiteStore(Store):
     def for_sale(self, item_ids: list[str]) -> set[str]:
         return {row[0] for row in self._select_ids("id", item_ids, FOR_SALE)}
 
-    def index_records(self, keys: list[int]) -> list[IndexRecord]:
-        records = []
+    def index_records(self, keys: list[int]) -> IndexRecords:
+        columns = f"key, id, artist_id, embedding, {FOR_SALE}, updated_at, model_version"
+        rows = []
         unique = list(dict.fromkeys(int(k) for k in keys))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            rows = self._read(
-                f"SELECT key, id, artist_id, embedding, {FOR_SALE}, updated_at, model_version "
-                f"FROM items WHERE key IN ({marks})",
-                chunk,
-            )
-            records += [
-                IndexRecord(key, id_, artist, as_vector(blob), bool(selling), updated, version)
-                for key, id_, artist, blob, selling, updated, version in rows
-            ]
-        return records
+            rows += self._read(f"SELECT {columns} FROM items WHERE key IN ({marks})", chunk)
+        return IndexRecords.of_rows(rows)
 
     def delete_item(self, item_id: str) -> Item | None:
         with self._write() as db:

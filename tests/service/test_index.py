@@ -128,7 +128,8 @@ def test_replace_and_remove(kind: str) -> None:
     assert len(index) == 50
     assert "i3" not in [hit.item_id for hit in index.search(query, 10)]
     assert index.entry("i3").artist_id == "new-artist"
-    assert index.version(103) == 1.0
+    assert index.versions([103, 7, -1]).tolist()[0] == 1.0
+    assert np.isnan(index.versions([103, 7, -1])[1:]).all()  # not indexed
     index.remove([103, 104, 999])
     assert len(index) == 48
     assert not {"i3", "i4"} & {hit.item_id for hit in index.search(query, 48)}
@@ -191,7 +192,7 @@ def test_hnsw_compacts_on_a_thread_while_searches_and_changes_go_on(monkeypatch)
     assert len(index) == len(expected)
     assert {hit.item_id for hit in index.search(query, 200)} == expected
     assert index.entry("i40").artist_id == "moved"
-    assert index.version(140) == 3.0
+    assert index.versions([140]).tolist() == [3.0]
     assert index.entry("n2") is None
     assert index.entry("i50") is None
     assert index.entry("n4").key == 304

@@ -120,7 +120,8 @@ def answers(index: ItemIndex, model: LoadedModel) -> list[list[tuple[str, str, f
 def described(index: ItemIndex) -> tuple:
     """What the index says of every work beside search."""
     entries = [index.entry(f"work-{row}") for row in range(320)]
-    return (len(index), index.median_norm(), entries, [e and index.version(e.key) for e in entries])
+    versions = index.versions([e.key for e in entries if e]).tolist()
+    return (len(index), index.median_norm(), entries, versions)
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])

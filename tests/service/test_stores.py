@@ -186,12 +186,16 @@ def test_change_log_names_every_key_whose_index_entry_changed(store: Store) -> N
     first_two = store.changes_since(start, limit=2)
     assert first_two[1] == keys
     assert store.changes_since(first_two[0])[1] == [keys[0], keys[1]]
-    by_key = {record.key: record for record in store.index_records(keys)}
-    assert [by_key[k].id for k in keys] == ["a", "b"]
-    assert not by_key[keys[0]].for_sale  # sold
-    assert not by_key[keys[1]].for_sale  # deleted
-    np.testing.assert_array_equal(by_key[keys[0]].embedding, new_item("a").embedding)
-    assert by_key[keys[0]].updated_at == store.get_items(["a"])["a"].updated_at
+    records = store.index_records([keys[1], keys[0], keys[1]])  # each once, in any order
+    row = {key: n for n, key in enumerate(records.keys.tolist())}
+    assert sorted(row) == sorted(keys)
+    assert [records.item_ids[row[k]] for k in keys] == ["a", "b"]
+    assert not records.for_sale.any()  # a sold, b deleted
+    np.testing.assert_array_equal(records.embeddings[row[keys[0]]], new_item("a").embedding)
+    assert records.updated_at[row[keys[0]]] == store.get_items(["a"])["a"].updated_at
+    assert records.model_versions == ["m1", "m1"]
+    assert records.artist_ids == ["a1", "a1"]
+    assert store.index_records([]).keys.size == 0
 
 
 def test_replacing_a_work_without_a_stock_keeps_what_is_left(store: Store) -> None:
@@ -294,8 +298,9 @@ def test_set_embeddings_skips_items_changed_since_they_were_read(store: Store) -
     assert store.set_embeddings(rows, "m2") == 1
     assert set(store.embeddings(["a", "b"], "m2")) == {"a"}
     np.testing.assert_array_equal(store.embeddings(["a"], "m2")["a"], new_vectors[0])
-    record = {r.id: r for r in store.index_records(keys)}
-    assert (record["a"].model_version, record["b"].model_version) == ("m2", "m1")
+    records = store.index_records(keys)
+    version = dict(zip(records.item_ids, records.model_versions, strict=True))
+    assert (version["a"], version["b"]) == ("m2", "m1")
 
 
 def test_settings_and_an_empty_store(store: Store) -> None:
@@ -330,7 +335,11 @@ def test_sqlite_checkpoints_on_a_thread_of_its_own_shortly_after_a_write(tmp_pat
     without a commit checkpointing inline (these 1,200 small rows are far from SQLite's own
     1,000 pages), and closing the store stops the thread."""
     path = tmp_path / "store.db"
+    running = set(threading.enumerate())  # other tests' stores may still have theirs
     store = open_store(f"sqlite:///{path}")
+    (checkpoints,) = [
+        t for t in threading.enumerate() if t.name == "sqlite-checkpoints" and t not in running
+    ]
     store.upsert_items([new_item(f"w{n}", seed=n) for n in range(600)])  # and 600 changes
 
     def in_the_file() -> int:
@@ -348,6 +357,6 @@ def test_sqlite_checkpoints_on_a_thread_of_its_own_shortly_after_a_write(tmp_pat
     while in_the_file() < 600 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert in_the_file() == 600
-    assert any(t.name == "sqlite-checkpoints" for t in threading.enumerate())
+    assert checkpoints.is_alive()
     store.close()
-    assert not any(t.name == "sqlite-checkpoints" for t in threading.enumerate())
+    assert not checkpoints.is_alive()
