@@ -498,8 +498,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ef-search",
         type=numbers,
-        default=[128, 64, 256],
-        help="HNSW efSearch values served from the snapshot; the first also for the rebuild",
+        default=[Settings.model_fields["hnsw_ef_search"].default, 64, 128],
+        help="HNSW efSearch values served from the snapshot; the first also for the rebuild "
+        "(default: the service's default, 64, 128)",
     )
     parser.add_argument(
         "--search-threads",
