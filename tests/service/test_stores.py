@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from service.stores import open_store
-from service.stores.base import NewItem, NotForSaleError, Store, UnknownItemsError
+from service.stores.base import (
+    IndexRecords,
+    NewItem,
+    NotForSaleError,
+    Store,
+    UnknownItemsError,
+)
 
 F, E = 6, 3
 
@@ -360,3 +366,20 @@ def test_sqlite_checkpoints_on_a_thread_of_its_own_shortly_after_a_write(tmp_pat
     assert checkpoints.is_alive()
     store.close()
     assert not checkpoints.is_alive()
+
+
+def test_index_records_keep_each_embedding_as_its_model_stored_it() -> None:
+    """Rows of one model's embeddings are converted in one go; rows of models of different
+    sizes (a store mid-roll-out) each keep their own length."""
+    one, other = np.arange(3, dtype=np.float32), np.arange(5, dtype=np.float32)
+    rows = [
+        (1, "a", "x", one.tobytes(), 1, 2.0, "m1"),
+        (2, "b", "y", other.tobytes(), 0, 3.0, "m2"),
+    ]
+    mixed = IndexRecords.of_rows(rows)
+    assert [e.tolist() for e in mixed.embeddings] == [one.tolist(), other.tolist()]
+    assert mixed.keys.tolist() == [1, 2]
+    assert mixed.for_sale.tolist() == [True, False]
+    assert mixed.updated_at.tolist() == [2.0, 3.0]
+    same = IndexRecords.of_rows([rows[0], (7, "c", "z", (one + 1).tobytes(), 1, 4.0, "m1")])
+    assert [e.tolist() for e in same.embeddings] == [one.tolist(), (one + 1).tolist()]
