@@ -42,10 +42,10 @@ from service.stores.base import (
     replay,
 )
 
-# SQLite's own codes for "another connection holds the lock" (its extended codes, such as
-# SQLITE_BUSY_SNAPSHOT, keep the primary code in their low byte).
 log = logging.getLogger(__name__)
 
+# SQLite's own codes for "another connection holds the lock" (its extended codes, such as
+# SQLITE_BUSY_SNAPSHOT, keep the primary code in their low byte).
 BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 # Rows written (inserted, updated or deleted) from one checkpoint to the next (`Checkpoints`):
 # one after each POST /items batch of 1,000 works, or every few hundred purchases, about as
@@ -234,7 +234,7 @@ class Checkpoints:
         self._thread.join()
 
     def _run(self) -> None:
-        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db = sqlite3.connect(self._path, isolation_level=None)  # this thread's alone
         try:
             while True:
                 self._pending.wait()
