@@ -5,7 +5,8 @@ Why: at a million works the rebuild takes minutes. Built under the index's lock,
 search of the process for all of it; built beside the graph that serves (service.index), the
 searches should go on at about their usual latency, slowed only by sharing the cores with the
 build. In this process, on the index alone (no HTTP, no store): random 65-d works, one
-customer's four interest vectors per search, k = 20, two purchases left out, one thread.
+customer's four interest vectors per search, k = 20, two purchases left out; the index's
+defaults (the graph built on one thread, searched on two).
 
     .venv/bin/python benchmarks/compaction.py                  # 100,000 works, about a minute
     .venv/bin/python benchmarks/compaction.py --works 1000000  # about ten minutes
