@@ -222,8 +222,10 @@ class CatalogueIndex:
         rest recomputed from the stored features and written back for the next reader."""
         rows = np.empty((len(item_ids), model.embedding_dim), np.float32)
         current = model.version
-        kept = [n for n, version in enumerate(versions) if version == current]
-        stale = [n for n, version in enumerate(versions) if version != current]
+        kept: list[int] = []
+        stale: list[int] = []
+        for n, version in enumerate(versions):
+            (kept if version == current else stale).append(n)
         if kept:
             rows[kept] = np.stack([stored[n] for n in kept])
         for start in range(0, len(stale), EMBED_BATCH):

@@ -107,8 +107,8 @@ class Item:
 class IndexRecords:
     """What the index needs of some items, enough to add, replace or drop them: a column each,
     row n of every column one item. Columns, not an object per item: each process reads back
-    every batch of works written (the writer, then every follower), and building and reading a
-    record object per work took most of that read's time (about 15 µs a work)."""
+    every batch of works written (the writer, then every follower), and with a record object
+    per work that read took 19 to 23 ms of CPU a batch of 1,000 works, 11 to 12 as columns."""
 
     keys: np.ndarray  # int64 [N]
     item_ids: list[str]
