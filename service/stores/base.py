@@ -145,6 +145,11 @@ class UpsertResult:
     updated: list[str]
     keys: list[int]  # in the order of the request
     updated_at: float  # the version every item of the batch now has
+    # The change log's newest position before this write's entries and after them: every
+    # entry between is this write's. The index that applied the write moves its cursor over
+    # them when it stood just before them, so neither its follower nor a request's catch-up
+    # reads the batch back a second time.
+    logged: tuple[str, str]
 
 
 @dataclass(frozen=True)

@@ -104,14 +104,28 @@ local function refresh(id)
 end
 
 local function log_change(key)
-  redis.call('XADD', prefix .. 'changes', 'MAXLEN', '~', 1000000, '*', 'key', key)
+  return redis.call('XADD', prefix .. 'changes', 'MAXLEN', '~', 1000000, '*', 'key', key)
+end
+
+-- The newest entry id the change stream ever had, as RedisStore.change_cursor reads it.
+local function newest_change()
+  local info = redis.pcall('XINFO', 'STREAM', prefix .. 'changes')
+  if info.err then
+    return '0-0'  -- no stream yet
+  end
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return info[i + 1]
+    end
+  end
 end
 """
 
 # ARGV: prefix, now, then id, artist_id, features, embedding, edition_size, stock, metadata,
 # model_version, picture, picture media type ('' and '' for none) per item. Returns
 # {'exhausted', ids} having written nothing when a given stock is more than the edition has
-# left unsold, else {'ok', {key, created (0 or 1)} per item}.
+# left unsold, else {'ok', {key, created (0 or 1)} per item, the change stream's newest id
+# before this write, its newest after}.
 UPSERT = (
     COMMON
     + """
@@ -142,6 +156,8 @@ for i = 3, #ARGV, 10 do
   end
 end
 local next_key = redis.call('INCRBY', prefix .. 'key_counter', fresh) - fresh
+local logged_before = newest_change()
+local logged_after = logged_before
 local listed, live = {}, {}  -- new works' `keys` entries and `live` members, added in bulk
 local result = {}
 for i = 3, #ARGV, 10 do
@@ -191,7 +207,7 @@ for i = 3, #ARGV, 10 do
     refresh(id)
     table.insert(result, {tonumber(key), 0})
   end
-  log_change(key)
+  logged_after = log_change(key)
 end
 -- In slices: unpack puts every value on Lua's stack, which holds about 8,000.
 for first = 1, #listed, 1000 do
@@ -200,7 +216,7 @@ end
 for first = 1, #live, 1000 do
   redis.call('SADD', prefix .. 'live', unpack(live, first, math.min(first + 999, #live)))
 end
-return {'ok', result}
+return {'ok', result, logged_before, logged_after}
 """
 )
 
@@ -470,7 +486,7 @@ class RedisStore(Store):
                 b"" if item.picture is None else item.picture.data,
                 "" if item.picture is None else item.picture.media_type,
             ]
-        status, result = self._upsert(args=args)
+        status, result, *logged = self._upsert(args=args)
         if status == b"exhausted":
             raise EditionExhaustedError([i.decode() for i in result])
         created: list[str] = []
@@ -479,7 +495,8 @@ class RedisStore(Store):
         for item, (key, is_new) in zip(items, result, strict=True):
             (created if is_new else updated).append(item.id)
             keys.append(key)
-        return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
+        before, after = (position.decode() for position in logged)
+        return UpsertResult(created, updated, keys, now, (before, after))
 
     def get_items(self, item_ids: list[str], include_deleted: bool = False) -> dict[str, Item]:
         found: dict[str, Item] = {}

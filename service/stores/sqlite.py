@@ -126,6 +126,7 @@ ITEM_COLUMNS = (
     "created_at, updated_at, deleted"
 )
 FOR_SALE = "deleted = 0 AND stock > 0"
+NEWEST_CHANGE = "SELECT COALESCE(MAX(seq), 0) FROM changes"  # the change-log cursor
 
 
 def path_from_url(url: str) -> str:
@@ -354,8 +355,10 @@ class SQLiteStore(Store):
                 created += [i.id for i in new]
                 updated += [i.id for i in replaced]
                 keys += run_keys
+            before = db.execute(NEWEST_CHANGE).fetchone()[0]
             db.executemany("INSERT INTO changes (key) VALUES (?)", [(k,) for k in keys])
-        return UpsertResult(created=created, updated=updated, keys=keys, updated_at=now)
+            after = db.execute(NEWEST_CHANGE).fetchone()[0]
+        return UpsertResult(created, updated, keys, now, (str(before), str(after)))
 
     @staticmethod
     def _where_id_in(db: sqlite3.Connection, columns: str, item_ids: list[str]) -> list[tuple]:
@@ -565,7 +568,7 @@ class SQLiteStore(Store):
         return [row[0] for row in rows]
 
     def change_cursor(self) -> str:
-        return str(self._read("SELECT COALESCE(MAX(seq), 0) FROM changes")[0][0])
+        return str(self._read(NEWEST_CHANGE)[0][0])
 
     def changes_since(self, cursor: str, limit: int = 10_000) -> tuple[str, list[int]]:
         rows = self._read(

@@ -181,6 +181,26 @@ def test_changes_by_another_process_after_the_snapshot_are_replayed(
     assert "new-2" in [hit.item_id for hit in queries]
 
 
+def test_a_process_reads_its_own_batch_back_once_and_other_processes_writes_still(
+    store: Store, model: LoadedModel
+) -> None:
+    writer, _ = started(store, None, model, "flat")
+    other, _ = started(store, None, model, "flat")
+    writer.upsert_items(artworks(model, range(20)))
+    assert len(writer.serving.index) == 20
+    assert writer.follow_changes() == 0  # its own entries are passed over, not read again
+    other.upsert_items(artworks(model, range(20, 30)))
+    # Logged after the other process's entries, which this one has not read: nothing is
+    # passed over, and the next follow reads both batches.
+    writer.upsert_items(artworks(model, range(30, 40)))
+    assert writer.follow_changes() == 20
+    assert writer.follow_changes() == 0
+    assert other.follow_changes() == 40  # the writer's two batches, and its own read back
+    for index in (writer, other):
+        assert len(index.serving.index) == 40
+        assert index.catch_up(index.serving)
+
+
 def test_a_snapshot_of_another_store_is_not_trusted(
     store: Store, store_url: str, snapshots: IndexSnapshots, model: LoadedModel, caplog
 ) -> None:

@@ -168,6 +168,19 @@ def test_purchases_come_with_the_embeddings_of_the_latest(store: Store) -> None:
     assert store.purchases_and_embeddings("nobody", 3, "m1") == ([], {})
 
 
+def test_an_upsert_names_the_stretch_of_the_change_log_its_entries_fill(store: Store) -> None:
+    start = store.change_cursor()
+    first = store.upsert_items([new_item("a"), new_item("b")])
+    assert first.logged == (start, store.change_cursor())
+    assert store.changes_since(start) == (first.logged[1], first.keys)
+    store.record_purchase("u", ["a"], 1.0)  # sold out: logged between the two upserts
+    middle = store.change_cursor()
+    assert middle != first.logged[1]
+    second = store.upsert_items([new_item("c"), new_item("b", seed=3)])
+    assert second.logged == (middle, store.change_cursor())
+    assert store.changes_since(middle) == (second.logged[1], second.keys)
+
+
 def test_best_sellers_and_newest_only_offer_items_for_sale(store: Store) -> None:
     store.upsert_items([new_item("old", stock=3, edition=3)])
     store.upsert_items([new_item("mid", stock=3, edition=3)])
