@@ -166,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = [{**e, "input": _echo(e.get("input"))} for e in error.errors()]
         return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
+    app.add_middleware(recommend.RecommendFastPath)  # the innermost, as the router is
     app.add_middleware(
         BodyLimitMiddleware,
         upload_bytes=settings.max_body_bytes,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Response
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import RecommenderDep, SettingsDep, check_api_key
 from service.api.schemas import (
@@ -16,10 +18,12 @@ from service.api.schemas import (
     json_response,
     recommended,
 )
-from service.recommender import FALLBACK, PERSONALIZED, Filters
+from service.config import Settings
+from service.recommender import FALLBACK, PERSONALIZED, Filters, Recommender
 from service.stores.base import UnknownItemsError
 
 router = APIRouter(tags=["recommend"])
+JSON = b"application/json"
 
 
 class RecommendIn(BaseModel):
@@ -68,6 +72,12 @@ async def recommend(
     and without `exclude_purchased` lists them. A visitor's (by `history`) are open."""
     if request.user_id is not None:
         check_api_key(settings, x_api_key)
+    return json_response(answer(request, recommender, settings))
+
+
+def answer(request: RecommendIn, recommender: Recommender, settings: Settings) -> dict[str, Any]:
+    """The 200 answer to a valid request (RecommendOut), the caller having checked the key;
+    a RequestValidationError (422) for what only the settings or the store can refuse."""
     if request.k > settings.max_k:
         raise invalid(("body", "k"), f"k must be at most {settings.max_k}, got {request.k}")
     filters = Filters(
@@ -84,12 +94,82 @@ async def recommend(
             result = recommender.recommend(list(request.history or []), request.k, filters, explain)
         except UnknownItemsError as error:
             raise invalid(("body", "history"), f"unknown item id(s): {error.item_ids}") from None
-    return json_response(
-        {
-            "strategy": result.strategy,
-            "user_id": request.user_id,
-            "model_version": result.model_version,
-            "history_used": result.history_used,
-            "items": [recommended(r) for r in result.items],
-        }
-    )
+    return {
+        "strategy": result.strategy,
+        "user_id": request.user_id,
+        "model_version": result.model_version,
+        "history_used": result.history_used,
+        "items": [recommended(r) for r in result.items],
+    }
+
+
+class RecommendFastPath:
+    """ASGI middleware (the innermost) that answers a plainly valid `POST /recommend` itself,
+    with the route's own model, key check and answer, but without FastAPI's routing,
+    dependency solving and request machinery. Every other request, and any such request it
+    cannot answer with a 200 (not JSON, invalid, a wrong key, k too large, the store down,
+    anything raised), goes on to the app with its body, and the app answers it as always: a
+    recommendation writes nothing, so trying it again is safe.
+
+    Why: that machinery cost 0.4 to 0.5 ms of the 1.7 to 1.8 ms of server CPU per
+    recommendation (13,297 works, one request at a time over HTTP): more than the exact search
+    over the whole catalogue. The answer is the route's own response, and tests/service/test_api.py
+    holds every answer, byte for byte and header for header, to the route's.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.route = next(r for r in router.routes if isinstance(r, APIRoute))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] != "/recommend"
+            or scope.get("root_path")
+        ):
+            await self.app(scope, receive, send)
+            return
+        # The first of a repeated header, as FastAPI reads headers.
+        headers = dict(reversed(scope["headers"]))
+        if headers.get(b"content-type") != JSON or b"content-length" not in headers:
+            # Chunked bodies too: the body limit refuses those while they are read, in the app.
+            await self.app(scope, receive, send)
+            return
+        received: list[Message] = []
+        while not received or received[-1].get("more_body", False):
+            received.append(await receive())
+            if received[-1]["type"] != "http.request":  # the client went away
+                break
+        response = None
+        if received[-1]["type"] == "http.request":
+            response = _answer(scope, headers, b"".join(m.get("body", b"") for m in received))
+        if response is None:
+            await self.app(scope, _replaying(received, receive), send)
+            return
+        scope["route"] = self.route  # as the router sets it: the metrics' label
+        await response(scope, receive, send)
+
+
+def _answer(scope: Scope, headers: dict[bytes, bytes], body: bytes) -> Response | None:
+    """The route's 200 response, or None for whatever the app must answer."""
+    try:
+        request = RecommendIn.model_validate_json(body)
+        state = scope["app"].state
+        settings: Settings = state.settings
+        if request.user_id is not None:
+            key = headers.get(b"x-api-key")
+            check_api_key(settings, None if key is None else key.decode("latin-1"))
+        return json_response(answer(request, state.recommender, settings))
+    except Exception:  # the app answers it: a 4xx, a 503, or whatever it makes of it
+        return None
+
+
+def _replaying(received: list[Message], receive: Receive) -> Receive:
+    """`receive`, giving the messages read already first."""
+    pending = list(received)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay

@@ -7,12 +7,15 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import Response
 from fastapi.testclient import TestClient
 
 from curatornet.dataset import Dataset
+from service.api import recommend as recommend_api
 from service.app import create_app
 from service.config import Settings
 from tests.service.helpers import FEATURES_MODEL, item_payload, random_item
@@ -483,6 +486,88 @@ def test_sold_works_never_come_back(client: TestClient, market: Dataset) -> None
         sold |= set(top[:3])
     assert len(sold) == 15
     assert counts(client) == 35
+
+
+# Bodies as sent, byte for byte: what the fast path must answer as the route does, or leave
+# to it. Valid ones, and the edges where JSON parsers and validation modes part ways.
+FAST_PATH_BODIES = [
+    '{"user_id": "u", "k": 5}',
+    '{"user_id": "u", "k": 5, "explain": true, "exclude_purchased": false}',
+    '{"user_id": "u", "k": 50, "include_artists": ["artist-1", "artist-2"]}',
+    '{"user_id": "u", "exclude_artists": ["artist-0"]}',
+    '{"user_id": "newcomer", "k": 3}',
+    '{"history": ["w-1", "w-2"], "k": 4, "explain": true}',
+    '{"history": ["w-1", "ghost"]}',
+    '{"history": []}',
+    '{"user_id": "u", "k": 501}',
+    '{"user_id": "u", "k": 0}',
+    '{"user_id": "u", "k": "7"}',
+    '{"user_id": "u", "k": 7.0}',
+    '{"user_id": "u", "k": 7.5}',
+    '{"user_id": "u", "k": true}',
+    '{"user_id": "u", "k": 1e400}',
+    '{"user_id": "u", "k": NaN}',
+    '{"user_id": "u", "k": 99999999999999999999999}',
+    '{"user_id": "u", "k": 5, "k": 6}',
+    '{"user_id": "u", "user_id": "newcomer"}',
+    '{"user_id": "\\ud800"}',
+    '{"user_id": "\\u00e9l\\u00e8ve"}',
+    '{"user_id": "a/b"}',
+    '{"user_id": "u", "history": ["w-1"]}',
+    '{"user_id": "u", "colour": "red"}',
+    '{"user_id": null, "history": null}',
+    '["user_id", "u"]',
+    '{"user_id": "u"',
+    "",
+    "null",
+]
+
+
+@pytest.mark.parametrize("api_key", [None, KEY])
+def test_the_fast_path_answers_recommendations_as_the_route_does(
+    store_url: str, api_key: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bytes sent as `application/json` (the fast path's) and as
+    `application/json; charset=utf-8` (which it leaves to the route) get the same status,
+    headers and body; and the fast path did answer the valid ones itself."""
+    answered: list[Response | None] = []
+    fast = recommend_api._answer
+
+    def spied(*args: Any) -> Response | None:
+        answered.append(fast(*args))
+        return answered[-1]
+
+    monkeypatch.setattr(recommend_api, "_answer", spied)
+    with running(store_url, api_key=api_key) as client:
+        key = {"X-API-Key": KEY}
+        items = [random_item(f"w-{n}", artist=f"artist-{n % 3}", seed=n) for n in range(30)]
+        assert client.post("/items", json={"items": items}, headers=key).status_code == 200
+        bought = {"user_id": "u", "item_ids": ["w-3", "w-4"]}
+        assert client.post("/purchases", json=bought, headers=key).status_code == 201
+        keys = [{}, {"X-API-Key": "wrong"}, key] if api_key else [{}]
+        for body in FAST_PATH_BODIES:
+            for headers in keys:
+                answers = [
+                    client.post(
+                        "/recommend",
+                        content=body.encode(),
+                        headers={**headers, "content-type": kind},
+                    )
+                    for kind in ("application/json", "application/json; charset=utf-8")
+                ]
+                fast_answer, route_answer = answers
+                assert fast_answer.status_code == route_answer.status_code, body
+                assert fast_answer.content == route_answer.content, body
+                assert fast_answer.headers == route_answer.headers, body
+                assert fast_answer.status_code < 500
+        metrics = client.get("/metrics").text
+    assert 'route="/recommend",status="200"' in metrics  # counted under its route both ways
+    assert 'route="unmatched"' not in metrics
+    assert len(answered) == len(FAST_PATH_BODIES) * len(keys)
+    made = [a for a in answered if a is not None]
+    # The fast path's own answers: every valid request with the right key (or none needed).
+    assert len(made) >= 8
+    assert all(json.loads(bytes(a.body))["items"] is not None for a in made)
 
 
 def test_visitor_with_only_a_history_gets_recommendations(
