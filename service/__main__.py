@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     loader.add_argument(
         "--batch-items",
         type=int,
-        default=loading.BATCH_ITEMS,
-        help=f"lines per transaction, all or nothing (default {loading.BATCH_ITEMS})",
+        help="lines per transaction, all or nothing (default "
+        f"{loading.SQLITE_BATCH_ITEMS} into SQLite, {loading.REDIS_BATCH_ITEMS} into Redis, "
+        "whose other clients wait while a batch is written)",
     )
     loader.add_argument(
         "--check",
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         help="read, check and embed every line, report every bad one, write nothing",
     )
     args = parser.parse_args(argv)
-    if args.command == "load" and args.batch_items < 1:
+    if args.command == "load" and args.batch_items is not None and args.batch_items < 1:
         parser.error("--batch-items must be at least 1")
     for option, variable in OPTIONS.items():
         value = getattr(args, option)
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     if args.command == "load":
-        return _load(settings, args.files, args.batch_items, args.check)
+        batch_items = args.batch_items or loading.batch_items(settings.store_url)
+        return _load(settings, args.files, batch_items, args.check)
     if args.demo or args.demo_only:
         _load_demo(settings)
     if args.demo_only:

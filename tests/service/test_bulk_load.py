@@ -53,12 +53,14 @@ def write_lines(path: Path, lines: list[dict | str]) -> Path:
 
 
 def load(
-    store_url: str, *arguments: str | Path, stdin: str | None = None
+    store_url: str, *arguments: str | Path, stdin: str | None = None, batch: int | None = BATCH
 ) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "service", "load", "--store-url", store_url]
+    if batch is not None:
+        command += ["--batch-items", str(batch)]
     environment = {**os.environ, "CURATORNET_MODEL_DIR": str(FEATURES_MODEL)}
     return subprocess.run(
-        [*command, "--batch-items", str(BATCH), *map(str, arguments)],
+        [*command, *map(str, arguments)],
         cwd=ROOT,
         env=environment,
         input=stdin,
@@ -132,6 +134,24 @@ def test_a_bad_line_is_named_and_nothing_of_its_batch_is_written(
     assert set(store.get_items([w["id"] for w in works])) == {w["id"] for w in works[:BATCH]}
     _, keys = store.changes_since("0-0" if store_url.startswith("redis") else "0")
     assert len(keys) == BATCH
+    store.close()
+
+
+def test_by_default_a_batch_is_5000_lines_into_sqlite_and_1000_into_redis(
+    market: Dataset, store_url: str, tmp_path: Path
+) -> None:
+    """Told nothing, the command writes 1,000 lines per Redis script (Redis serves no one else
+    while one runs) and 5,000 per SQLite transaction: a bad line at 1,101 leaves the first
+    thousand written into Redis, nothing into SQLite."""
+    work = catalogue(market)[1]  # features as base64
+    lines: list[dict | str] = [{**work, "id": f"w-{n}"} for n in range(1200)]
+    lines[1100] = {**work, "id": "bad", "features": [0.5]}
+    result = load(store_url, write_lines(tmp_path / "works.ndjson", lines), batch=None)
+    assert result.returncode == 1
+    written = 1000 if store_url.startswith("redis") else 0
+    assert f"the {written} works before it were" in result.stderr
+    store = open_store(store_url)
+    assert store.counts().items == written
     store.close()
 
 
