@@ -43,22 +43,26 @@ class _Unusual(Exception):
 
 def loads(data: bytes) -> Any:
     """`json.loads(data)`, each upload's flat `features` array a float32 ndarray."""
-    vectors = [0]  # the feature vectors in the result
+    arrays = [0, 0]  # the feature vectors in the result, and a batch's `items` list
     try:
         document = _parser(len(data)).parse(data)
-        if isinstance(document, simdjson.Object):
-            result = _object(document, vectors, batch=True)
-        else:
-            result = _plain(document)
+        # Beyond float32 becomes inf, as numpy makes it (refused later as not finite).
+        with np.errstate(over="ignore"):
+            if isinstance(document, simdjson.Object):
+                result = _object(document, arrays, batch=True)
+            else:
+                result = _plain(document)
     except (ValueError, TypeError, RuntimeError, RecursionError, _Unusual):
         return json.loads(data)
     # Each array of the document has its own '[' in the text, and a '[' in a string adds one:
     # as many '[' as arrays in the result means that no feature vector held a nested array
     # (as_buffer flattens those). Else, or with a '[' in a string, json.loads reads it. The
-    # lists of the result are counted only when the text has more '[' than vectors.
-    if vectors[0] and _brackets(data, vectors[0] + 1) != vectors[0]:
-        arrays = vectors[0] + _lists(result)
-        if _brackets(data, arrays + 1) != arrays:
+    # other lists of the result (tags, say) are counted only when the text has more '[' than
+    # the vectors and the `items` list.
+    vectors, known = arrays[0], sum(arrays)
+    if vectors and _brackets(data, known + 1) != known:
+        every = vectors + _lists(result)
+        if _brackets(data, every + 1) != every:
             return json.loads(data)
     return result
 
@@ -102,17 +106,18 @@ def _lists(value: Any) -> int:
     return found
 
 
-def _object(value: simdjson.Object, vectors: list[int], batch: bool) -> dict[str, Any]:
+def _object(value: simdjson.Object, arrays: list[int], batch: bool) -> dict[str, Any]:
     """An upload, its `features` a vector; with `batch` (the top-level object), also each
-    object of its `items` array."""
+    object of its `items` array. Counts the vectors in `arrays[0]`, the list in `arrays[1]`."""
     converted: dict[str, Any] = {}
     for key, inner in _fields(value):
         if key == FEATURES and isinstance(inner, simdjson.Array):
             converted[key] = _vector(inner)
-            vectors[0] += 1
+            arrays[0] += 1
         elif batch and key == "items" and isinstance(inner, simdjson.Array):
+            arrays[1] += 1
             converted[key] = [
-                _object(item, vectors, batch=False)
+                _object(item, arrays, batch=False)
                 if isinstance(item, simdjson.Object)
                 else _plain(item)
                 for item in inner
@@ -144,6 +149,4 @@ def _fields(value: simdjson.Object) -> list[tuple[str, Any]]:
 def _vector(values: simdjson.Array) -> np.ndarray:
     """A flat array of numbers as float32 (TypeError for anything but numbers; a nested
     array is flattened, which the count of arrays in `loads` finds out)."""
-    doubles = np.frombuffer(values.as_buffer(of_type="d"), dtype=np.float64)
-    with np.errstate(over="ignore"):  # beyond float32 becomes inf, as numpy makes it
-        return doubles.astype(np.float32)
+    return np.frombuffer(values.as_buffer(of_type="d"), dtype=np.float64).astype(np.float32)
