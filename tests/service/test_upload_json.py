@@ -65,7 +65,8 @@ BODIES = [
     b'{"features": [[1]], "metadata": {"tags": ["a"]}}',  # nested, beside other arrays
     b'{"items": [{"features": [1, [2]], "metadata": {"t": []}}, {"features": [3]}]}',
     b'{"features": [1], "metadata": {"title": "a [b]", "tags": []}}',
-    b'{"items": [{"title": "[", "features": [[1]]}, {"features": [2]}]}',  # nested, and a '[' in a string
+    # nested, beside a '[' in a string
+    b'{"items": [{"title": "[", "features": [[1]]}, {"features": [2]}]}',
     b'{"features": [1], "metadata": {"a": [1], "a": {"b": [2]}, "c": {"d": 1, "d": 2}}}',
     b'{"features": [1], "metadata": ' + b"[" * 300 + b"]" * 300 + b"}",
     b'"features"',
