@@ -245,7 +245,8 @@ class CatalogueIndex:
         follower and by the next request's catch-up (11 ms of CPU a batch of 1,000 works)."""
         result = self._store.upsert_items(items)
         with self._follow_lock:
-            self._apply(self.serving, result.keys)
+            if result.keys:
+                self._apply(self.serving, result.keys)
             if self._cursor == result.logged[0]:
                 self._cursor = result.logged[1]
         return result
