@@ -570,6 +570,30 @@ def test_the_fast_path_answers_recommendations_as_the_route_does(
     assert all(json.loads(bytes(a.body))["items"] is not None for a in made)
 
 
+def test_a_chunked_body_over_the_limit_gets_the_routes_413_from_the_fast_path_too(
+    store_url: str,
+) -> None:
+    """Refused while the fast path reads it (chunked, or longer than its Content-Length says,
+    as a server framing by Transfer-Encoding passes it on): the route meets the same refusal,
+    and answers it in its words."""
+    body = b'{"history": ["w-1"], "exclude_artists": [' + b", ".join([b'"x"'] * 1000) + b"]}"
+    with running(store_url, max_request_bytes=2048) as client:
+        for declared in ({}, {"content-length": "10"}):
+            answers = [
+                client.post(
+                    "/recommend",
+                    content=iter([body[:1000], body[1000:]]),
+                    headers={"content-type": kind, **declared},
+                )
+                for kind in ("application/json", "application/json; charset=utf-8")
+            ]
+            assert [a.status_code for a in answers] == [413, 413]
+            assert answers[0].content == answers[1].content
+            assert answers[0].headers == answers[1].headers
+        metrics = client.get("/metrics").text
+    assert 'route="/recommend",status="413"} 4.0' in metrics
+
+
 def test_visitor_with_only_a_history_gets_recommendations(
     client: TestClient, market: Dataset
 ) -> None:
