@@ -367,15 +367,15 @@ def test_sqlite_checkpoints_on_a_thread_of_its_own_shortly_after_a_write(tmp_pat
         without_log = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
         try:
             return without_log.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-        except sqlite3.OperationalError:  # not even the tables there yet
+        except sqlite3.DatabaseError:  # no tables there yet, or pages being checkpointed
             return 0
         finally:
             without_log.close()
 
     deadline = time.monotonic() + 10
-    while in_the_file() < 600 and time.monotonic() < deadline:
+    while (found := in_the_file()) < 600 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert in_the_file() == 600
+    assert found == 600
     assert checkpoints.is_alive()
     store.close()
     assert not checkpoints.is_alive()
