@@ -143,17 +143,26 @@ def _offline(
     settings: Settings, options: LoadOptions
 ) -> Iterator[tuple[Store, CatalogueIndex, LoadOptions]]:
     """The store and an index of it, for a command that writes to the store without serving
-    and opens its models with `options`; a model that cannot serve it is an error."""
+    and opens its models with `options`; a model that cannot serve it is an error, and so is a
+    store that cannot answer (Redis down or killed midway: each write is whole or absent, and
+    works are written by id, so the same command can simply run again)."""
     from curatornet.model_format import ModelError
     from service.index import ItemIndex
     from service.indexing import CatalogueIndex, FeatureDimensionMismatch
-    from service.stores import open_store
+    from service.stores import is_outage, open_store
 
     store = open_store(settings.store_url, settings.sqlite_synchronous)
     try:
         yield store, CatalogueIndex(store, ItemIndex), options
     except (ModelError, FeatureDimensionMismatch) as error:
         raise SystemExit(f"error: {error}") from None
+    except Exception as error:
+        if not is_outage(error):
+            raise
+        raise SystemExit(
+            f"error: the store cannot answer ({type(error).__name__}: {error}); what was "
+            "reported written stays written, nothing of a batch being written was"
+        ) from None
     finally:
         store.close()
 

@@ -17,6 +17,7 @@ import pytest
 from curatornet.dataset import Dataset
 from service.stores import open_store
 from service.stores.base import Store
+from tests.service.conftest import free_port
 from tests.service.helpers import FEATURES_MODEL, ROOT, LiveService, eventually, item_payload
 from tests.service.test_api import post_items, running
 from training.data.formats import load_dataset
@@ -153,6 +154,16 @@ def test_by_default_a_batch_is_5000_lines_into_sqlite_and_1000_into_redis(
     store = open_store(store_url)
     assert store.counts().items == written
     store.close()
+
+
+def test_a_store_that_cannot_answer_is_an_error_not_a_traceback(
+    market: Dataset, tmp_path: Path
+) -> None:
+    nobody = f"redis://127.0.0.1:{free_port()}"  # nothing listens there
+    result = load(nobody, write_lines(tmp_path / "works.ndjson", catalogue(market)[:3]))
+    assert result.returncode == 1
+    assert "error: the store cannot answer (ConnectionError" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_check_reports_every_bad_line_and_writes_nothing(
