@@ -146,10 +146,18 @@ class Service:
     """`python -m service` in its own session at log level info, its stderr kept in a file."""
 
     def __init__(
-        self, database: Path | str, workers: int, log: Path, model_dir: Path, checkout: Path = ROOT
+        self,
+        database: Path | str,
+        workers: int,
+        log: Path,
+        model_dir: Path,
+        checkout: Path = ROOT,
+        command: tuple[str, ...] = ("-m", "service"),
     ) -> None:
         """`database`: a SQLite file, or any store URL (benchmarks/soak.py serves Redis);
-        `checkout`: the source tree whose service runs (benchmarks/ingest.py --before)."""
+        `checkout`: the source tree whose service runs (benchmarks/ingest.py --before);
+        `command`: Python's arguments, another server on the same settings in its place
+        (benchmarks/floors.py)."""
         self.workers, self.log = workers, log
         self.url = f"http://127.0.0.1:{free_port()}"
         environment = {
@@ -165,7 +173,7 @@ class Service:
         started = time.perf_counter()
         with log.open("w") as stderr:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service"],
+                [sys.executable, *command],
                 cwd=checkout,
                 env=environment,
                 stdout=subprocess.DEVNULL,  # uvicorn's access log

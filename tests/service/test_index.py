@@ -294,3 +294,118 @@ def test_openmp_threads_sleep_when_idle() -> None:
         [sys.executable, "-c", script], env=environment, capture_output=True, text=True, check=True
     )
     assert said.stdout.split() == ["PASSIVE", "True"]
+
+
+def packed(index: ItemIndex) -> None:
+    """Wait for the packing under way, if any, to hand over."""
+    while (packing := index._packing) is not None:
+        packing.join(timeout=60)
+
+
+def test_the_flat_index_scores_packed_and_unpacked_slots_alike() -> None:
+    """Past PACK_SLOTS works the flat index packs its vectors on a thread; searches rank as
+    brute force before it hands over, after, with works added since (scored unpacked),
+    with tombstones and filters, and after a compaction renumbers the slots (packed anew)."""
+    data = catalogue(3000, seed=6)
+    index = filled("flat", data)
+    queries = np.random.default_rng(7).normal(size=(4, DIM)).astype(np.float32)
+    expected = brute_force(data, queries, 20)
+    assert [h.item_id for h in index.search(queries, 20)] == expected  # maybe not packed yet
+    packed(index)
+    assert index._packed is not None
+    assert index._packed.count == 3000
+    hits = index.search(queries, 20)
+    assert [h.item_id for h in hits] == expected
+    best = dict(zip(data.item_ids, (np.stack(data.embeddings) @ queries.T).max(1), strict=True))
+    np.testing.assert_allclose([h.score for h in hits], [best[h.item_id] for h in hits], rtol=1e-5)
+    # Works added since: scored by numpy beside the packed slots, one of them on top.
+    more = catalogue(100, seed=8)
+    more.embeddings[5] = queries[2] * 10
+    index.upsert(
+        more.keys + 5000,
+        [f"m{j}" for j in range(100)],
+        more.artist_ids,
+        np.stack(more.embeddings),
+        more.updated_at,
+    )
+    assert index._packed.count == 3000
+    assert index._faiss.ntotal == 3100
+    both = Catalogue(
+        keys=np.concatenate([data.keys, more.keys + 5000]),
+        item_ids=data.item_ids + [f"m{j}" for j in range(100)],
+        artist_ids=data.artist_ids + more.artist_ids,
+        embeddings=data.embeddings + more.embeddings,
+        model_versions=data.model_versions + more.model_versions,
+        updated_at=data.updated_at + more.updated_at,
+    )
+    found = [h.item_id for h in index.search(queries, 20)]
+    assert found == brute_force(both, queries, 20)
+    assert found[0] == "m5"
+    # Tombstones, excluded works and artists, and an artist filter, across both parts.
+    removed = {f"i{j}" for j in range(0, 3000, 11)} | {"m5"}
+    index.remove([both.keys[both.item_ids.index(i)] for i in removed])
+    excluded = set(found[1:4])
+    keep = lambda j: (  # noqa: E731
+        both.item_ids[j] not in removed | excluded and both.artist_ids[j] != "a2"
+    )
+    found = index.search(queries, 20, excluded, None, {"a2"})
+    assert [h.item_id for h in found] == brute_force(both, queries, 20, keep)
+    only = index.search(queries, 20, set(), {"a5"})
+    keep_a5 = lambda j: both.item_ids[j] not in removed and both.artist_ids[j] == "a5"  # noqa: E731
+    assert [h.item_id for h in only] == brute_force(both, queries, 20, keep_a5)
+    # A compaction renumbers every slot: the packed session goes, and a new one comes.
+    gone = {f"i{j}" for j in range(3000) if j % 3 == 1}
+    index.remove([both.keys[both.item_ids.index(i)] for i in gone])
+    assert index._faiss.ntotal == 3100 - len(removed | gone)  # compacted
+    keep = lambda j: both.item_ids[j] not in removed | gone  # noqa: E731
+    assert [h.item_id for h in index.search(queries, 20)] == brute_force(both, queries, 20, keep)
+    packed(index)
+    assert index._packed is not None
+    assert index._packed.count == index._faiss.ntotal
+    assert [h.item_id for h in index.search(queries, 20)] == brute_force(both, queries, 20, keep)
+
+
+def test_a_session_packed_before_a_compaction_is_not_used_after_it(monkeypatch) -> None:
+    """Packing is held until the slots have been renumbered: what it built holds other
+    vectors than the slots now do, so it is dropped and the slots are packed again."""
+    building, release = threading.Event(), threading.Event()
+    first = []
+    pack = ItemIndex._pack
+
+    def held(self: ItemIndex, vectors: np.ndarray, renumbered: int) -> None:
+        if not first:
+            first.append(len(vectors))
+            building.set()
+            assert release.wait(timeout=60)
+        pack(self, vectors, renumbered)
+
+    monkeypatch.setattr(ItemIndex, "_pack", held)
+    data = catalogue(3000, seed=10)
+    index = filled("flat", data)
+    assert building.wait(timeout=10)
+    doomed = data.keys[: int(3000 * REBUILD_TOMBSTONE_SHARE) + 1]
+    index.remove(list(doomed))  # compacted under the lock: every slot renumbered
+    assert index._faiss.ntotal == 3000 - len(doomed)
+    release.set()
+    packed(index)
+    assert first == [3000]
+    assert index._packed is not None
+    assert index._packed.count == 3000 - len(doomed)
+    queries = np.random.default_rng(11).normal(size=(4, DIM)).astype(np.float32)
+    keep = lambda j: j >= len(doomed)  # noqa: E731
+    assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20, keep)
+
+
+def test_when_packing_fails_the_flat_index_scores_with_numpy(monkeypatch, caplog) -> None:
+    def refuse(*args: object) -> None:
+        raise RuntimeError("no memory for it")
+
+    monkeypatch.setattr("service.index.PackedVectors", refuse)
+    data = catalogue(2000, seed=12)
+    index = filled("flat", data)
+    packed(index)
+    assert index._packed is None
+    assert not index.packing
+    assert "could not pack 2000 vectors" in caplog.text
+    queries = np.random.default_rng(13).normal(size=(4, DIM)).astype(np.float32)
+    assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20)
