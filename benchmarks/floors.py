@@ -10,11 +10,11 @@ store; all but the last answer `POST /recommend` from a bare ASGI callable, with
 validation or middleware, and everything else (`/readyz`) from the real app:
 
 - `http`: reads the body and answers a fixed 20-work answer: HTTP, the event loop and JSON.
-- `search`: the customer's interest vectors computed in advance (before the measured
-  requests, for every customer), so a request is the exact search alone: the service's
-  `ItemIndex.search`, purchases excluded, top 20.
-- `recommender`: the service's `Recommender.for_customer` (store read, user tower, search,
-  answer) behind the bare callable.
+- `search`: the same, answering with the exact search: the service's `ItemIndex.search` (top
+  20, purchases excluded) of the customer's interest vectors, which were computed for every
+  customer before the measured requests.
+- `recommender`: the same, answering with the service's `Recommender.for_customer` (store
+  read, user tower, search, answer).
 - `service`: `python -m service` itself.
 
 Each is driven one request at a time over one keep-alive connection (benchmarks/serve.py's
@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import uvicorn
 from serve import (
     MODEL_DIR,
     ROOT,
@@ -52,17 +53,16 @@ from serve import (
     write_results,
 )
 
+from service.app import create_app
+from service.config import Settings
+from service.recommender import Filters
+
 VARIANTS = ("http", "search", "recommender", "service")
 Answer = Callable[[str], bytes]
 
 
 def bare_server(variant: str, n_users: int) -> None:
     """Serve `variant` (one of VARIANTS but `service`) with the service's settings."""
-    import uvicorn
-
-    from service.app import create_app
-    from service.config import Settings
-
     settings = Settings()
     app = create_app(settings)
     answers: list[Answer] = []  # built at the first request, once the lifespan has run
@@ -93,16 +93,13 @@ def bare_server(variant: str, n_users: int) -> None:
 
 def _answers(variant: str, state: Any, n_users: int) -> Answer:
     """The variant's answer to a customer, as JSON of the service's answer's shape."""
-    from service.recommender import Filters
-
     recommender, version = state.recommender, state.catalogue.serving.model.version
 
     def answer(user: str, hits: list[tuple[str, str, float]], used: int) -> bytes:
         items = [{"item_id": i, "artist_id": a, "score": s} for i, a, s in hits]
-        strategy = "personalized"
         return orjson.dumps(
             {
-                "strategy": strategy,
+                "strategy": "personalized",
                 "user_id": user,
                 "model_version": version,
                 "history_used": used,

@@ -537,7 +537,7 @@ class ItemIndex:
         packed = self._packed
         head = 0 if packed is None else packed.count
         if packed is not None:
-            np.max(packed.scores(query), axis=0, out=best[:head])  # [Q, head], rows in a row
+            np.maximum.reduce(packed.scores(query), axis=0, out=best[:head])  # [Q, head]
         if head < count:
             # [N, Q] in the order BLAS computes fastest, then each work's best query, a column
             # at a time (numpy's max along the short axis took three times the product itself).

@@ -9,8 +9,9 @@ works, 1.2 against 2.7 ms at 100,000 (README: Performance). A catalogue changes 
 upload, so `ItemIndex` keeps such a session for the slots it had when the session was built
 and scans the slots added since with numpy, building the next session on a thread of its own.
 
-The session runs a graph of one `MatMul`, the catalogue being an external initializer, handed
-over as memory, not serialized. The graph's few hundred bytes of ONNX protobuf are written
+The session runs a graph of one `Gemm` (the catalogue transposed as it is multiplied, so that
+no transposed copy is made), the catalogue being an external initializer, handed over as
+memory, not serialized. The graph's few hundred bytes of ONNX protobuf are written
 here: `onnx`, the library that builds graphs, is a training dependency only, and would cost
 every worker 130 ms of import and 27 MB.
 """
@@ -23,23 +24,23 @@ import onnxruntime as ort
 from curatornet.onnx_sessions import session_options
 
 QUERIES, CATALOGUE, SCORES = "queries", "catalogue", "scores"
-# ONNX's enums and the versions the graph declares (MatMul is unchanged since opset 13).
-FLOAT, EXTERNAL, IR_VERSION, OPSET = 1, 1, 8, 13
+# ONNX's enums (a float tensor, external data, an integer attribute) and the versions the graph
+# declares (Gemm is unchanged since opset 13).
+FLOAT, EXTERNAL, INT, IR_VERSION, OPSET = 1, 1, 2, 8, 13
 
 
 class PackedVectors:
-    """[N, dim] float32 vectors, scored against queries by ONNX Runtime's packed MatMul."""
+    """[N, dim] float32 vectors, scored against queries by ONNX Runtime's packed Gemm."""
 
     def __init__(self, vectors: np.ndarray, threads: int | None = 1) -> None:
         count, dim = vectors.shape
         options = session_options(threads)
-        # ONNX Runtime copies the external initializer in (the graph holds its own copy, then
-        # only the packed one), so this transposed copy is freed when the session exists.
-        catalogue = np.ascontiguousarray(vectors.T, dtype=np.float32)  # [dim, N]
-        value = ort.OrtValue.ortvalue_from_numpy(catalogue)
+        # ONNX Runtime copies the external initializer into its graph (then keeps only the
+        # packed copy), so `vectors` may be changed or freed once the session exists.
+        value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(vectors, np.float32))
         options.add_external_initializers([CATALOGUE], [value])
         self._session = ort.InferenceSession(
-            matmul_model(dim, count), options, providers=["CPUExecutionProvider"]
+            scan_model(dim, count), options, providers=["CPUExecutionProvider"]
         )
         self.count = count
 
@@ -48,19 +49,22 @@ class PackedVectors:
         return self._session.run([SCORES], {QUERIES: queries})[0]
 
 
-def matmul_model(dim: int, count: int) -> bytes:
-    """An ONNX model: SCORES [Q, count] = QUERIES [Q, dim] x CATALOGUE [dim, count], the
-    catalogue an initializer whose data is external (supplied with the session's options)."""
+def scan_model(dim: int, count: int) -> bytes:
+    """An ONNX model: SCORES [Q, count] = QUERIES [Q, dim] x CATALOGUE [count, dim]
+    transposed, the catalogue an initializer whose data is external (supplied with the
+    session's options)."""
     catalogue = (
-        _repeated_int(1, [dim, count])
+        _repeated_int(1, [count, dim])
         + _int(2, FLOAT)
         + _text(8, CATALOGUE)
         + _message(13, _text(1, "location") + _text(2, CATALOGUE))
         + _message(13, _text(1, "length") + _text(2, str(4 * dim * count)))
         + _int(14, EXTERNAL)
     )
+    transposed = _text(1, "transB") + _int(3, 1) + _int(20, INT)
+    gemm = _text(1, QUERIES) + _text(1, CATALOGUE) + _text(2, SCORES) + _text(4, "Gemm")
     graph = (
-        _message(1, _text(1, QUERIES) + _text(1, CATALOGUE) + _text(2, SCORES) + _text(4, "MatMul"))
+        _message(1, gemm + _message(5, transposed))
         + _text(2, "scan")
         + _message(5, catalogue)
         + _message(11, _value_info(QUERIES, ("queries", dim)))

@@ -6,19 +6,21 @@ import numpy as np
 import onnx
 import pytest
 
-from service.scan import CATALOGUE, QUERIES, SCORES, PackedVectors, matmul_model
+from service.scan import CATALOGUE, QUERIES, SCORES, PackedVectors, scan_model
 
 
-def test_the_model_is_one_matmul_of_the_queries_by_an_external_catalogue() -> None:
-    model = onnx.load_from_string(matmul_model(65, 13297))
+def test_the_model_is_one_product_of_the_queries_by_an_external_catalogue() -> None:
+    model = onnx.load_from_string(scan_model(65, 13297))
     (node,) = model.graph.node
     assert (node.op_type, list(node.input), list(node.output)) == (
-        "MatMul",
+        "Gemm",
         [QUERIES, CATALOGUE],
         [SCORES],
     )
+    assert [(a.name, a.i) for a in node.attribute] == [("transB", 1)]
+    assert onnx.helper.get_attribute_value(node.attribute[0]) == 1
     (catalogue,) = model.graph.initializer
-    assert (catalogue.name, list(catalogue.dims)) == (CATALOGUE, [65, 13297])
+    assert (catalogue.name, list(catalogue.dims)) == (CATALOGUE, [13297, 65])
     assert catalogue.data_type == onnx.TensorProto.FLOAT
     assert catalogue.data_location == onnx.TensorProto.EXTERNAL
     assert {e.key: e.value for e in catalogue.external_data}["length"] == str(4 * 65 * 13297)
@@ -29,9 +31,9 @@ def test_the_model_is_one_matmul_of_the_queries_by_an_external_catalogue() -> No
     assert (shape[0].dim_param, shape[1].dim_value) == ("queries", 13297)
     assert [(o.domain, o.version) for o in model.opset_import] == [("", 13)]
     # A dimension past one byte's varint and one past two.
-    assert list(onnx.load_from_string(matmul_model(300, 70000)).graph.initializer[0].dims) == [
-        300,
+    assert list(onnx.load_from_string(scan_model(300, 70000)).graph.initializer[0].dims) == [
         70000,
+        300,
     ]
 
 
