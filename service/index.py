@@ -13,8 +13,8 @@ results come back even when most of the catalogue is filtered out.
 
 The flat index scores every slot with one matrix product per search. Its slots' vectors are
 also frozen into an ONNX Runtime session (service.scan), whose product costs half numpy's; the
-slots added since the session was built are scored by numpy, and once they are many a new
-session is built on a thread of its own.
+slots added since the session was built are scored by numpy, and once they are many a search
+has a new session built on a thread of its own.
 """
 
 from __future__ import annotations
@@ -109,11 +109,13 @@ class ItemIndex:
         self._norms_changed = 0  # works added or removed since
         self._compaction: threading.Thread | None = None  # an HNSW graph being built
         # The flat index's first slots' vectors in an ONNX Runtime session (`_pack`), the
-        # session being built, and how many times slots were renumbered (a session built
-        # before the last renumbering holds other vectors than its slots now do).
+        # session being built, how many times slots were renumbered (a session built before
+        # the last renumbering holds other vectors than its slots now do), and whether
+        # building one failed (then numpy scores every slot from then on).
         self._packed: PackedVectors | None = None
         self._packing: threading.Thread | None = None
         self._renumbered = 0
+        self._unpackable = False
 
     def _new_faiss(self) -> faiss.Index:
         if self.kind == "flat":
@@ -203,7 +205,6 @@ class ItemIndex:
             self._slot_of_key[keys] = slots
             self._live_count += count
             self._norms_changed += count
-            self._pack_when_due()
 
     def _artist_code(self, artist_id: str) -> int:
         code = self._artist_codes.get(artist_id)
@@ -329,7 +330,6 @@ class ItemIndex:
         self._slot_of_key[self._keys[positions]] = positions
         self._slots = len(slots)
         self._packed, self._renumbered = None, self._renumbered + 1
-        self._pack_when_due()
 
     @property
     def packing(self) -> bool:
@@ -338,14 +338,17 @@ class ItemIndex:
 
     def _pack_when_due(self) -> None:
         """Start packing the flat index's vectors on a thread of its own when enough slots are
-        scored without the packed session (PACK_SLOTS, PACK_SHARE); the caller holds the lock.
-        Building the session takes about 0.5 µs a slot, 7 ms at 13,297 works, and lets go of
-        the interpreter meanwhile; until it is handed over, searches score as before."""
+        scored without the packed session (PACK_SLOTS, PACK_SHARE); the caller, a search,
+        holds the lock. Only searches start it, so that a process that only writes (`python
+        -m service load`) never packs. Building the session takes about 0.4 µs a slot, 4 to 8
+        ms at 13,297 works, and lets go of the interpreter meanwhile; until it is handed over,
+        searches score as before."""
         packed = 0 if self._packed is None else self._packed.count
         unpacked = self._slots - packed
         if (
             self.kind != "flat"
             or self._packing is not None
+            or self._unpackable
             or unpacked < max(PACK_SLOTS, PACK_SHARE * packed)
         ):
             return
@@ -362,10 +365,14 @@ class ItemIndex:
     def _pack(self, vectors: np.ndarray, renumbered: int) -> None:
         try:
             packed = PackedVectors(vectors, self.threads)
-        except Exception:  # onnxruntime raises its own untyped errors; numpy scores meanwhile
-            log.exception("could not pack %d vectors for the exact search", len(vectors))
+        except Exception:  # onnxruntime raises its own untyped errors
+            log.exception(
+                "could not pack %d vectors for the exact search; numpy scores them all from now "
+                "on, at about twice the CPU",
+                len(vectors),
+            )
             with self._lock:
-                self._packing = None
+                self._packing, self._unpackable = None, True
             return
         with self._lock:
             self._packing = None
@@ -531,6 +538,7 @@ class ItemIndex:
         1.7 times the CPU of numpy's product (4 x 65-d queries over 13,297 works, one thread:
         0.64 ms against 0.46 ms), and more through a selector, where masking the scores of
         what may not be offered costs next to nothing."""
+        self._pack_when_due()
         vectors = self._flat_vectors()
         count = len(vectors)
         best = np.empty(count, np.float32)
@@ -622,8 +630,6 @@ class ItemIndex:
         index._slot_by_item = {item_ids[slot]: slot for slot in live_slots.tolist()}
         index._slot_of_key = np.full(int(keys.max(initial=-1)) + 1, -1, np.int32)
         index._slot_of_key[keys[live_slots]] = live_slots
-        with index._lock:
-            index._pack_when_due()
         return index
 
 

@@ -303,11 +303,13 @@ def packed(index: ItemIndex) -> None:
 
 
 def test_the_flat_index_scores_packed_and_unpacked_slots_alike() -> None:
-    """Past PACK_SLOTS works the flat index packs its vectors on a thread; searches rank as
-    brute force before it hands over, after, with works added since (scored unpacked),
-    with tombstones and filters, and after a compaction renumbers the slots (packed anew)."""
+    """Past PACK_SLOTS works a search has the flat index pack its vectors on a thread;
+    searches rank as brute force before it hands over, after, with works added since (scored
+    unpacked), with tombstones and filters, and after a compaction renumbers the slots
+    (packed anew)."""
     data = catalogue(3000, seed=6)
     index = filled("flat", data)
+    assert not index.packing  # nothing searched yet: an index that is only written to
     queries = np.random.default_rng(7).normal(size=(4, DIM)).astype(np.float32)
     expected = brute_force(data, queries, 20)
     assert [h.item_id for h in index.search(queries, 20)] == expected  # maybe not packed yet
@@ -357,6 +359,7 @@ def test_the_flat_index_scores_packed_and_unpacked_slots_alike() -> None:
     gone = {f"i{j}" for j in range(3000) if j % 3 == 1}
     index.remove([both.keys[both.item_ids.index(i)] for i in gone])
     assert index._faiss.ntotal == 3100 - len(removed | gone)  # compacted
+    assert index._packed is None
     keep = lambda j: both.item_ids[j] not in removed | gone  # noqa: E731
     assert [h.item_id for h in index.search(queries, 20)] == brute_force(both, queries, 20, keep)
     packed(index)
@@ -382,6 +385,8 @@ def test_a_session_packed_before_a_compaction_is_not_used_after_it(monkeypatch) 
     monkeypatch.setattr(ItemIndex, "_pack", held)
     data = catalogue(3000, seed=10)
     index = filled("flat", data)
+    queries = np.random.default_rng(11).normal(size=(4, DIM)).astype(np.float32)
+    index.search(queries, 20)
     assert building.wait(timeout=10)
     doomed = data.keys[: int(3000 * REBUILD_TOMBSTONE_SHARE) + 1]
     index.remove(list(doomed))  # compacted under the lock: every slot renumbered
@@ -391,7 +396,6 @@ def test_a_session_packed_before_a_compaction_is_not_used_after_it(monkeypatch) 
     assert first == [3000]
     assert index._packed is not None
     assert index._packed.count == 3000 - len(doomed)
-    queries = np.random.default_rng(11).normal(size=(4, DIM)).astype(np.float32)
     keep = lambda j: j >= len(doomed)  # noqa: E731
     assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20, keep)
 
@@ -403,9 +407,12 @@ def test_when_packing_fails_the_flat_index_scores_with_numpy(monkeypatch, caplog
     monkeypatch.setattr("service.index.PackedVectors", refuse)
     data = catalogue(2000, seed=12)
     index = filled("flat", data)
+    queries = np.random.default_rng(13).normal(size=(4, DIM)).astype(np.float32)
+    index.search(queries, 20)
     packed(index)
     assert index._packed is None
     assert not index.packing
     assert "could not pack 2000 vectors" in caplog.text
-    queries = np.random.default_rng(13).normal(size=(4, DIM)).astype(np.float32)
+    assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20)
+    assert not index.packing  # not tried again with every search
     assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20)
