@@ -400,19 +400,35 @@ def test_a_session_packed_before_a_compaction_is_not_used_after_it(monkeypatch) 
     assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20, keep)
 
 
-def test_when_packing_fails_the_flat_index_scores_with_numpy(monkeypatch, caplog) -> None:
-    def refuse(*args: object) -> None:
-        raise RuntimeError("no memory for it")
+@pytest.mark.parametrize("failure", ["build", "thread"])
+def test_when_packing_fails_the_flat_index_scores_with_numpy(
+    monkeypatch, caplog, failure: str
+) -> None:
+    """The session cannot be built (ONNX Runtime out of memory, say), or no thread can be
+    started to build it: searches answer all the same, and packing is not tried again."""
+    if failure == "build":
 
-    monkeypatch.setattr("service.index.PackedVectors", refuse)
+        def refuse(*args: object) -> None:
+            raise RuntimeError("no memory for it")
+
+        monkeypatch.setattr("service.index.PackedVectors", refuse)
+    else:
+        start = threading.Thread.start
+
+        def refuse_packing(thread: threading.Thread) -> None:
+            if thread.name == "index-packing":
+                raise RuntimeError("can't start new thread")
+            start(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", refuse_packing)
     data = catalogue(2000, seed=12)
     index = filled("flat", data)
     queries = np.random.default_rng(13).normal(size=(4, DIM)).astype(np.float32)
-    index.search(queries, 20)
+    assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20)
     packed(index)
     assert index._packed is None
     assert not index.packing
     assert "could not pack 2000 vectors" in caplog.text
     assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20)
     assert not index.packing  # not tried again with every search
-    assert [h.item_id for h in index.search(queries, 20)] == brute_force(data, queries, 20)
+    assert caplog.text.count("could not pack") == 1
