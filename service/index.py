@@ -6,10 +6,11 @@ slot becomes a tombstone (HNSW cannot remove, and removing from a flat index wou
 every later slot), and once tombstones make up a fifth of the slots the index is compacted.
 What the index knows of each slot sits in numpy arrays indexed by slot (key, version, artist,
 embedding length, live bit), so a million works cost a few dozen bytes each beside FAISS's own
-vectors and graph; the vectors themselves live only in FAISS, which reconstructs them for a
-compaction or an artist-filtered search. Filters (excluded items, included or excluded
-artists, tombstones) run inside the FAISS search through a bitmap of the slots allowed, so k
-results come back even when most of the catalogue is filtered out.
+vectors and graph; the vectors themselves live in FAISS, which reconstructs them for a
+compaction or an artist-filtered search (the flat index keeps a second, packed copy: below).
+Filters (excluded items, included or excluded artists, tombstones) run inside the FAISS search
+through a bitmap of the slots allowed, so k results come back even when most of the catalogue
+is filtered out.
 
 The flat index scores every slot with one matrix product per search. Its slots' vectors are
 also frozen into an ONNX Runtime session (service.scan), whose product costs half numpy's; the
