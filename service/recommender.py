@@ -9,6 +9,7 @@ is never offered.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,8 +33,9 @@ class Filters:
     exclude_artists: set[str] = field(default_factory=set)
 
 
-@dataclass(frozen=True)
-class Recommendation:
+class Recommendation(NamedTuple):
+    """One recommended work, k of them a request: a NamedTuple, as `Hit` is."""
+
     item_id: str
     artist_id: str
     score: float | None
