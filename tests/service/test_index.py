@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -297,9 +298,11 @@ def test_openmp_threads_sleep_when_idle() -> None:
 
 
 def packed(index: ItemIndex) -> None:
-    """Wait for the packing under way, if any, to hand over."""
+    """Wait for the packing under way, if any, to hand over (a minute at most)."""
+    deadline = time.monotonic() + 60
     while (packing := index._packing) is not None:
-        packing.join(timeout=60)
+        assert time.monotonic() < deadline, "the packing never handed over"
+        packing.join(timeout=1)
 
 
 def test_the_flat_index_scores_packed_and_unpacked_slots_alike() -> None:
